@@ -1,0 +1,135 @@
+"""Budget rules, org settings and pricing overrides, stored in Redis.
+
+A rule is one field of the org's rules hash, read by the reserve script:
+  field "<path>|<d|m>|<t|c>"  value "<limit>|<h|s|w>|<thresholds csv>"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from budgetd import windows as w
+from budgetd.errors import FailedPrecondition, InvalidArgument, NotFound
+from budgetd.ledger import Ledger, ScopePath
+from budgetd.limits import (
+    DEFAULT_ALERT_THRESHOLDS,
+    MAX_ALERT_THRESHOLDS,
+    MAX_LIMIT,
+    MAX_RULES_PER_ORG,
+    MAX_THRESHOLD_PERCENT,
+)
+from budgetd.pricing import ModelPricing
+
+WINDOW_CODES = {"d": "day", "m": "month"}
+UNIT_CODES = {"t": "tokens", "c": "cost_micros"}
+MODE_CODES = {"h": "hard", "s": "soft", "w": "shadow"}
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    scope: ScopePath
+    window: str  # 'd' | 'm'
+    unit: str  # 't' | 'c'
+    limit: int
+    mode: str = "h"  # 'h' | 's' | 'w'
+    thresholds: tuple[int, ...] = DEFAULT_ALERT_THRESHOLDS
+
+    @property
+    def field(self) -> str:
+        return f"{self.scope.path}|{self.window}|{self.unit}"
+
+    @property
+    def value(self) -> str:
+        return f"{self.limit}|{self.mode}|{','.join(str(t) for t in self.thresholds)}"
+
+    @staticmethod
+    def parse(field: str, value: str) -> Rule:
+        path, window, unit = field.split("|")
+        parts = path.split("/")
+        limit, mode, th = value.split("|")
+        return Rule(
+            ScopePath(parts[0], parts[1] if len(parts) > 1 else "",
+                      parts[2] if len(parts) > 2 else ""),
+            window, unit, int(limit), mode,
+            tuple(int(t) for t in th.split(",") if t),
+        )
+
+
+def check_rule(scope: ScopePath, window: str, unit: str, limit: int, mode: str,
+               thresholds: list[int]) -> Rule:
+    if limit < 1 or limit > MAX_LIMIT:
+        raise InvalidArgument("rule.limit", f"{limit} is out of range 1..{MAX_LIMIT}")
+    if len(thresholds) > MAX_ALERT_THRESHOLDS:
+        raise InvalidArgument("rule.alert_thresholds_percent",
+                              f"at most {MAX_ALERT_THRESHOLDS} thresholds")
+    for i, t in enumerate(thresholds):
+        if t < 1 or t > MAX_THRESHOLD_PERCENT:
+            raise InvalidArgument(f"rule.alert_thresholds_percent[{i}]",
+                                  f"{t} is out of range 1..{MAX_THRESHOLD_PERCENT}")
+    th = tuple(sorted(set(thresholds))) if thresholds else DEFAULT_ALERT_THRESHOLDS
+    return Rule(scope, window, unit, limit, mode, th)
+
+
+class Admin:
+    def __init__(self, redis: Any, ledger: Ledger) -> None:
+        self.redis = redis
+        self.ledger = ledger
+
+    async def set_budget(self, rule: Rule) -> bool:
+        key = w.rules_key(rule.scope.org)
+        old = await self.redis.hget(key, rule.field)
+        if old is not None and _s(old) == rule.value:
+            return False
+        if old is None and await self.redis.hlen(key) >= MAX_RULES_PER_ORG:
+            raise FailedPrecondition(f"rule.scope.org: the org has {MAX_RULES_PER_ORG} rules, "
+                                     "the maximum", "rule.scope.org")
+        await self.redis.hset(key, rule.field, rule.value)
+        await self.redis.sadd(w.ORGS_KEY, rule.scope.org)
+        return True
+
+    async def delete_budget(self, scope: ScopePath, window: str, unit: str) -> bool:
+        n = await self.redis.hdel(w.rules_key(scope.org), f"{scope.path}|{window}|{unit}")
+        return bool(n)
+
+    async def list_budgets(self, org: str) -> list[Rule]:
+        raw = await self.redis.hgetall(w.rules_key(org))
+        rules = [Rule.parse(_s(k), _s(v)) for k, v in raw.items()]
+        rules.sort(key=lambda r: (r.scope.path, r.window, r.unit))
+        return rules
+
+    async def get_settings(self, org: str) -> tuple[str, str]:
+        tz, expiry = await self.redis.hmget(w.settings_key(org), "tz", "expiry")
+        return (_s(tz) if tz else "UTC", _s(expiry) if expiry else "keep")
+
+    async def set_settings(self, org: str, tz: str | None, expiry: str | None) -> tuple[str, str]:
+        if tz is not None and not w.valid_zone(tz):
+            raise InvalidArgument("settings.time_zone", f"{tz!r} is not an IANA time zone")
+        mapping: dict[str, str] = {}
+        if tz is not None:
+            mapping["tz"] = tz
+        if expiry is not None:
+            mapping["expiry"] = expiry
+        if mapping:
+            await self.redis.hset(w.settings_key(org), mapping=mapping)
+            await self.redis.sadd(w.ORGS_KEY, org)
+        self.ledger.forget_tz(org)
+        return await self.get_settings(org)
+
+    async def set_pricing(self, mp: ModelPricing) -> ModelPricing:
+        await self.redis.hset(w.PRICING_KEY, mp.model, mp.to_json())
+        await self.ledger.pricing.refresh(force=True)
+        return mp
+
+    async def get_pricing(self, model: str) -> list[ModelPricing]:
+        table = await self.ledger.pricing.refresh(force=True)
+        if not model:
+            return sorted(table.models(), key=lambda m: m.model)
+        found = table.lookup(model)
+        if found is None:
+            raise NotFound(f"model: no pricing for {model!r}", "model")
+        return [found]
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

@@ -1,0 +1,454 @@
+"""The ledger: reserve, settle, record, expire and read budgets, each decision
+one atomic Lua script. Inputs arrive validated (budgetd.validate); this module
+prices them, picks the keys and window ids, and interprets the answers."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from budgetd import windows as w
+from budgetd.clock import Clock
+from budgetd.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from budgetd.limits import (
+    DENIED_RETENTION_S,
+    EXPIRE_BATCH,
+    MAX_REQUEST_COST_MICROS,
+    RECORD_RETENTION_S,
+)
+from budgetd.pricing import PriceTable, PricingError, UnknownModelError, UsageTokens
+from budgetd.scripts import Scripts
+
+log = logging.getLogger("budgetd.ledger")
+
+# How long a replica trusts its cached copy of an org's time zone. The
+# scripts compare it with the stored one anyway ('stale_tz'), so this only
+# bounds extra round trips.
+TZ_CACHE_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScopePath:
+    org: str
+    team: str = ""
+    feature: str = ""
+
+    @property
+    def paths(self) -> list[str]:
+        return w.scope_paths(self.org, self.team, self.feature)
+
+    @property
+    def path(self) -> str:
+        return self.paths[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveInput:
+    request_id: str
+    scope: ScopePath
+    model: str
+    ttl_s: int
+    # Either a token estimate (input_tokens, max_output_tokens) ...
+    input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    # ... or an explicit amount.
+    explicit_tokens: int | None = None
+    explicit_cost_micros: int | None = None
+    fallback_models: tuple[str, ...] = ()
+    batch: bool = False
+
+    def estimate_key(self) -> str:
+        if self.input_tokens is not None:
+            return f"t:{self.input_tokens}:{self.max_output_tokens}"
+        cost = "-" if self.explicit_cost_micros is None else str(self.explicit_cost_micros)
+        return f"x:{self.explicit_tokens}:{cost}"
+
+
+@dataclass(frozen=True, slots=True)
+class SettleInput:
+    org: str
+    request_id: str
+    usage: UsageTokens | None = None  # None: release
+    model: str = ""
+    cost_micros: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordInput:
+    request_id: str
+    scope: ScopePath
+    model: str
+    usage: UsageTokens
+    cost_micros: int | None = None
+    batch: bool = False
+
+
+@dataclass(slots=True)
+class Answer:
+    """A script's answer: the JSON payload and whether it is a replay."""
+
+    data: dict[str, Any]
+    replay: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def usage_key(u: UsageTokens) -> str:
+    return f"{u.input}:{u.output}:{u.cache_write_5m}:{u.cache_write_1h}:{u.cache_read}"
+
+
+def reservation_id(org: str, request_id: str) -> str:
+    return f"{org}:{request_id}"
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _decode(raw: Any) -> tuple[str, Any]:
+    status = _s(raw[0])
+    payload = raw[1] if len(raw) > 1 else None
+    if isinstance(payload, bytes):
+        payload = payload.decode()
+    return status, payload
+
+
+def _list(v: Any) -> list[Any]:
+    # cjson encodes an empty Lua table as {}.
+    return v if isinstance(v, list) else []
+
+
+class Ledger:
+    def __init__(self, redis: Any, clock: Clock, pricing: PricingSource) -> None:
+        self.redis = redis
+        self.clock = clock
+        self.pricing = pricing
+        self.scripts = Scripts()
+        self._tz_cache: dict[str, tuple[str, float]] = {}
+        self._known_orgs: set[str] = set()
+
+    # -- helpers -----------------------------------------------------------
+
+    async def org_tz(self, org: str, fresh: bool = False) -> str:
+        hit = self._tz_cache.get(org)
+        if hit and not fresh and time.monotonic() - hit[1] < TZ_CACHE_S:
+            return hit[0]
+        raw = await self.redis.hget(w.settings_key(org), "tz")
+        tz = _s(raw) if raw else "UTC"
+        self._tz_cache[org] = (tz, time.monotonic())
+        return tz
+
+    def forget_tz(self, org: str) -> None:
+        self._tz_cache.pop(org, None)
+
+    async def _note_org(self, org: str) -> None:
+        # The sweeper finds orgs here; in a cluster this set lives in another
+        # slot than the org's keys, so it is written before the script runs.
+        if org not in self._known_orgs:
+            await self.redis.sadd(w.ORGS_KEY, org)
+            self._known_orgs.add(org)
+
+    def _at(self, ms: int) -> dt.datetime:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
+
+    def _price(self, table: PriceTable, model: str, field_name: str, usage: UsageTokens,
+               at_ms: int, batch: bool) -> int:
+        try:
+            cost = table.cost_micros(model, usage, self._at(at_ms), batch=batch)
+        except UnknownModelError as e:
+            raise FailedPrecondition(
+                f"{field_name}: unknown model {model!r}; set its pricing with SetPricing "
+                "or pass an explicit cost_micros (an unknown model is never free)", field_name
+            ) from e
+        except PricingError as e:
+            raise FailedPrecondition(f"{field_name}: {e}", field_name) from e
+        if cost > MAX_REQUEST_COST_MICROS:
+            raise InvalidArgument(field_name, f"cost {cost} micro-USD exceeds the per-request "
+                                  f"maximum {MAX_REQUEST_COST_MICROS}")
+        return cost
+
+    def _candidates(self, req: ReserveInput, now_ms: int) -> list[tuple[str, int, int]]:
+        table = self.pricing.table()
+        at = self._at(now_ms)
+        out: list[tuple[str, int, int]] = []
+        models = [("model", req.model)] + [
+            (f"fallback_models[{i}]", m) for i, m in enumerate(req.fallback_models)
+        ]
+        for field_name, model in models:
+            if req.input_tokens is not None:
+                assert req.max_output_tokens is not None
+                try:
+                    tokens, cost, _ = table.estimate(model, req.input_tokens,
+                                                     req.max_output_tokens, at, batch=req.batch)
+                except UnknownModelError as e:
+                    raise FailedPrecondition(
+                        f"{field_name}: unknown model {model!r}; set its pricing with "
+                        "SetPricing or reserve an explicit amount with cost_micros "
+                        "(an unknown model is never free)", field_name) from e
+                except PricingError as e:
+                    raise FailedPrecondition(f"{field_name}: {e}", field_name) from e
+                if cost > MAX_REQUEST_COST_MICROS:
+                    raise InvalidArgument(field_name, f"estimated cost {cost} micro-USD exceeds "
+                                          f"the per-request maximum {MAX_REQUEST_COST_MICROS}")
+            else:
+                assert req.explicit_tokens is not None
+                tokens = req.explicit_tokens
+                if req.explicit_cost_micros is not None:
+                    cost = req.explicit_cost_micros
+                else:
+                    # No cost given: price every token as output, an upper bound.
+                    cost = self._price(table, model, field_name, UsageTokens(output=tokens),
+                                       now_ms, req.batch)
+            out.append((model, tokens, cost))
+        return out
+
+    # -- calls -------------------------------------------------------------
+
+    async def reserve(self, req: ReserveInput) -> Answer:
+        org = req.scope.org
+        await self.pricing.refresh()
+        now_ms = self.clock.now_ms()
+        cands = self._candidates(req, now_ms)
+        await self._note_org(org)
+        tz = await self.org_tz(org)
+        for _ in range(2):
+            win = w.windows_at(now_ms, tz)
+            paths = req.scope.paths
+            expires_ms = now_ms + req.ttl_s * 1000
+            keys = [
+                w.request_key(org, req.request_id),
+                w.rules_key(org),
+                w.settings_key(org),
+                w.window_key(org, win.day_id),
+                w.window_key(org, win.month_id),
+                w.expiry_key(org),
+            ]
+            args: list[str | int] = [
+                req.request_id, req.scope.path, req.model, req.estimate_key(), req.ttl_s,
+                ",".join(req.fallback_models), int(req.batch), tz, now_ms, expires_ms,
+                win.day_id, win.month_id, win.day_expire_at_s, win.month_expire_at_s,
+                RECORD_RETENTION_S, DENIED_RETENTION_S, len(paths), *paths, len(cands),
+            ]
+            for model, tokens, cost in cands:
+                args += [model, tokens, cost]
+            status, payload = _decode(await self.scripts.reserve(self.redis, keys, args))
+            if status == "stale_tz":
+                tz = _s(payload)
+                self._tz_cache[org] = (tz, time.monotonic())
+                continue
+            if status == "exists":
+                raise _exists(payload, "request_id", req.request_id)
+            data = json.loads(payload)
+            return Answer(data, replay=status == "dup", extra={"tz": tz})
+        raise Unavailable("the org's time zone changed during the call; retry")
+
+    async def _read_reservation(self, org: str, request_id: str) -> dict[str, str]:
+        raw = await self.redis.hmget(w.request_key(org, request_id), "kind", "dwid", "mwid",
+                                     "granted", "created_ms", "batch", "state")
+        vals = [_s(v) if v is not None else "" for v in raw]
+        if vals[0] != "reserve":
+            raise NotFound(f"reservation_id: no reservation {reservation_id(org, request_id)!r} "
+                           "(never made, or settled more than 7 days ago)", "reservation_id")
+        if vals[6] == "denied":
+            raise FailedPrecondition("reservation_id: the reservation was denied",
+                                     "reservation_id")
+        return dict(zip(["kind", "dwid", "mwid", "granted", "created_ms", "batch", "state"],
+                        vals, strict=True))
+
+    async def settle(self, req: SettleInput) -> Answer:
+        org = req.org
+        await self.pricing.refresh()
+        rec = await self._read_reservation(org, req.request_id)
+        now_ms = self.clock.now_ms()
+        if req.usage is None:
+            op, tokens, cost, model, ukey = "release", 0, 0, "", ""
+        else:
+            op = "reconcile"
+            model = req.model or rec["granted"]
+            ukey = usage_key(req.usage) + (f":{req.cost_micros}" if req.cost_micros is not None
+                                           else "")
+            tokens = req.usage.total
+            if req.cost_micros is not None:
+                cost = req.cost_micros
+            else:
+                # Priced at the prices in effect when the request was made.
+                cost = self._price(self.pricing.table(), model, "model" if req.model else
+                                   "reservation.model", req.usage, int(rec["created_ms"]),
+                                   rec["batch"] == "1")
+        keys = [
+            w.request_key(org, req.request_id),
+            w.window_key(org, rec["dwid"]),
+            w.window_key(org, rec["mwid"]),
+            w.expiry_key(org),
+            w.settings_key(org),
+        ]
+        args: list[str | int] = [op, req.request_id, rec["dwid"], rec["mwid"], tokens, cost,
+                                 model, ukey, now_ms, RECORD_RETENTION_S]
+        status, payload = _decode(await self.scripts.settle(self.redis, keys, args))
+        if status in ("ok", "dup"):
+            return Answer(json.loads(payload), replay=status == "dup")
+        if status == "not_found":
+            raise NotFound("reservation_id: no such reservation", "reservation_id")
+        if status == "exists":
+            raise AlreadyExists(
+                f"reservation_id: already reconciled with a different {_s(payload)}; "
+                "a reconcile is final", _s(payload))
+        if status == "precondition":
+            raise FailedPrecondition(f"reservation_id: {_s(payload)}", "reservation_id")
+        raise AssertionError(f"settle script answered {status!r}")
+
+    async def record(self, req: RecordInput) -> Answer:
+        org = req.scope.org
+        await self.pricing.refresh()
+        now_ms = self.clock.now_ms()
+        if req.cost_micros is not None:
+            cost = req.cost_micros
+        else:
+            cost = self._price(self.pricing.table(), req.model, "model", req.usage, now_ms,
+                               req.batch)
+        await self._note_org(org)
+        tz = await self.org_tz(org)
+        ukey = usage_key(req.usage) + (f":{req.cost_micros}" if req.cost_micros is not None
+                                       else "") + (":b" if req.batch else "")
+        for _ in range(2):
+            win = w.windows_at(now_ms, tz)
+            paths = req.scope.paths
+            keys = [w.request_key(org, req.request_id), w.settings_key(org),
+                    w.window_key(org, win.day_id), w.window_key(org, win.month_id)]
+            args: list[str | int] = [
+                req.request_id, req.scope.path, req.model, ukey, tz, now_ms, win.day_id,
+                win.month_id, win.day_expire_at_s, win.month_expire_at_s, RECORD_RETENTION_S,
+                req.usage.total, cost, len(paths), *paths,
+            ]
+            status, payload = _decode(await self.scripts.record(self.redis, keys, args))
+            if status == "stale_tz":
+                tz = _s(payload)
+                self._tz_cache[org] = (tz, time.monotonic())
+                continue
+            if status == "exists":
+                raise _exists(payload, "request_id", req.request_id)
+            return Answer(json.loads(payload), replay=status == "dup")
+        raise Unavailable("the org's time zone changed during the call; retry")
+
+    async def expire_org(self, org: str, limit: int = EXPIRE_BATCH) -> int:
+        """Expire up to `limit` due reservations of one org; returns how many."""
+        now_ms = self.clock.now_ms()
+        ids = await self.redis.zrangebyscore(w.expiry_key(org), "-inf", now_ms, start=0,
+                                             num=limit)
+        if not ids:
+            return 0
+        rids = [_s(i) for i in ids]
+        pipe = self.redis.pipeline(transaction=False)
+        for rid in rids:
+            pipe.hmget(w.request_key(org, rid), "dwid", "mwid")
+        recs = await pipe.execute()
+        keys = [w.expiry_key(org), w.settings_key(org)]
+        args: list[str | int] = [now_ms, RECORD_RETENTION_S]
+        for rid, (dwid, mwid) in zip(rids, recs, strict=True):
+            # A vanished record still gets a slot so the script drops its index entry.
+            d = _s(dwid) if dwid else "d0"
+            m = _s(mwid) if mwid else "m0"
+            keys += [w.request_key(org, rid), w.window_key(org, d), w.window_key(org, m)]
+            args.append(rid)
+        return int(await self.scripts.expire(self.redis, keys, args))
+
+    async def expire_all(self) -> int:
+        """One sweep over every org; bounded work per org per sweep."""
+        total = 0
+        cursor = 0
+        while True:
+            cursor, orgs = await self.redis.sscan(w.ORGS_KEY, cursor=cursor, count=500)
+            for org in orgs:
+                total += await self.expire_org(_s(org))
+            if int(cursor) == 0:
+                return total
+
+    async def get_budget(self, scope: ScopePath) -> dict[str, Any]:
+        org = scope.org
+        tz = await self.org_tz(org, fresh=True)
+        now_ms = self.clock.now_ms()
+        win = w.windows_at(now_ms, tz)
+        p = scope.path
+        rfields = [f"{p}|{wn}|{u}" for wn in ("d", "m") for u in ("t", "c")]
+        cfields = [f"{k}|{p}|{u}" for u in ("t", "c") for k in ("u", "r")]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(w.rules_key(org), *rfields)
+        pipe.hmget(w.window_key(org, win.day_id), *cfields)
+        pipe.hmget(w.window_key(org, win.month_id), *cfields)
+        rules, day, month = await pipe.execute()
+        out: list[dict[str, Any]] = []
+        i = 0
+        for wn, counters, start, end, wid in (
+            ("d", day, win.day_start_ms, win.day_end_ms, win.day_id),
+            ("m", month, win.month_start_ms, win.month_end_ms, win.month_id),
+        ):
+            for ui, u in enumerate(("t", "c")):
+                rule = _s(rules[i]) if rules[i] else None
+                i += 1
+                used = int(counters[2 * ui] or 0)
+                reserved = int(counters[2 * ui + 1] or 0)
+                entry: dict[str, Any] = {"w": wn, "u": u, "used": used, "reserved": reserved,
+                                         "window_id": wid, "resets_at_ms": end}
+                elapsed = max(now_ms - start, 1)
+                entry["projected"] = (used + reserved) * (end - start) // elapsed
+                if rule:
+                    limit_s, mode = rule.split("|")[:2]
+                    limit = int(limit_s)
+                    entry.update(limit=limit, mode=mode, remaining=limit - used - reserved,
+                                 percent=(used + reserved) * 100 // limit)
+                out.append(entry)
+        return {"tz": tz, "windows": out}
+
+
+def _exists(payload: Any, id_field: str, id_value: str) -> AlreadyExists:
+    differs = _s(payload)
+    if differs == "request_id":
+        return AlreadyExists(f"request_id: {id_value!r} was already used by another kind of "
+                             "call (Reserve vs Record)", id_field)
+    return AlreadyExists(f"request_id: {id_value!r} was already used with a different "
+                         f"{differs}", differs)
+
+
+class PricingSource:
+    """The pricing table: shipped defaults overlaid with SetPricing overrides
+    stored in Redis, refreshed every `refresh_s` so every replica converges."""
+
+    def __init__(self, redis: Any, refresh_s: float = 2.0) -> None:
+        from budgetd.pricing import default_table
+
+        self.redis = redis
+        self.refresh_s = refresh_s
+        self._defaults = default_table()
+        self._table = self._defaults
+        self._loaded_at = -1e9
+        self._lock = asyncio.Lock()
+
+    def table(self) -> PriceTable:
+        return self._table
+
+    async def refresh(self, force: bool = False) -> PriceTable:
+        if not force and time.monotonic() - self._loaded_at < self.refresh_s:
+            return self._table
+        async with self._lock:
+            from budgetd.pricing import ModelPricing
+
+            raw = await self.redis.hgetall(w.PRICING_KEY)
+            table = self._defaults
+            for _, value in sorted(raw.items()):
+                try:
+                    table = table.with_model(ModelPricing.from_json(_s(value)))
+                except PricingError:
+                    log.exception("ignoring a stored price row that no longer validates")
+            self._table = table
+            self._loaded_at = time.monotonic()
+        return self._table

@@ -1,0 +1,48 @@
+"""Lua scripts: each its own .lua file under scripts/, loaded once and called
+by SHA, with a fallback to SCRIPT LOAD on NOSCRIPT (the script cache is not
+persisted nor replicated: a restart or failover empties it)."""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+
+def _source(name: str) -> str:
+    pkg = resources.files("budgetd") / "scripts"
+    lib = (pkg / "_lib.lua").read_text()
+    body = (pkg / f"{name}.lua").read_text()
+    return f"{lib}\n{body}"
+
+
+class Script:
+    """One Lua script, called by SHA."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = _source(name)
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    async def __call__(self, client: Any, keys: list[str], args: list[str | int]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # NOSCRIPT means it did not run. EVAL runs it once and caches it,
+            # on the node that owns the keys.
+            return await client.eval(self.source, len(keys), *keys, *args)
+
+
+class Scripts:
+    """All scripts of the service."""
+
+    def __init__(self) -> None:
+        self.reserve = Script("reserve")
+        self.settle = Script("settle")
+        self.record = Script("record")
+        self.expire = Script("expire")
+
+    def all(self) -> list[Script]:
+        return [self.reserve, self.settle, self.record, self.expire]

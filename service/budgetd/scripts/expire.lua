@@ -1,0 +1,46 @@
+-- expire: settle reservations whose ttl passed, per the org's policy
+-- ('keep': the estimate stays spent, the default; 'release': given back).
+-- The server runs this periodically with a bounded batch, so expiry happens
+-- with no further traffic. The caller reads each due record's windows first
+-- and passes those keys; a record whose state or windows differ is skipped.
+--
+-- KEYS[1] expiry index     bd:{org}:exp
+-- KEYS[2] org settings     bd:{org}:cfg
+-- KEYS[3k], KEYS[3k+1], KEYS[3k+2] for k = 1..n: request record, its day
+--   counters, its month counters
+--
+-- ARGV[1] now_ms   ARGV[2] record retention after expiry (s)
+-- ARGV[2+k]: request_id of the k-th record
+--
+-- Returns the number of reservations expired.
+
+local now_ms = tonumber(ARGV[1])
+local policy = redis.call('HGET', KEYS[2], 'expiry')
+if not policy then policy = 'keep' end
+local n = (#KEYS - 2) / 3
+local expired = 0
+for k = 1, n do
+  local req, day, month = KEYS[3 * k], KEYS[3 * k + 1], KEYS[3 * k + 2]
+  local id = ARGV[2 + k]
+  local rec = redis.call('HMGET', req, 'state', 'dwid', 'mwid', 'paths', 'tokens', 'cost',
+    'expires_ms')
+  if not rec[1] or rec[1] ~= 'held' then
+    redis.call('ZREM', KEYS[1], id)
+  elseif tonumber(rec[7]) <= now_ms
+      and string.sub(day, -#rec[2] - 1) == ':' .. rec[2]
+      and string.sub(month, -#rec[3] - 1) == ':' .. rec[3] then
+    local paths = split(rec[4], ',')
+    local t, c = tonumber(rec[5]), tonumber(rec[6])
+    adjust(day, paths, 'r', -t, -c)
+    adjust(month, paths, 'r', -t, -c)
+    if policy == 'keep' then
+      adjust(day, paths, 'u', t, c)
+      adjust(month, paths, 'u', t, c)
+    end
+    redis.call('HSET', req, 'state', 'expired', 'expired_policy', policy)
+    redis.call('EXPIRE', req, tonumber(ARGV[2]))
+    redis.call('ZREM', KEYS[1], id)
+    expired = expired + 1
+  end
+end
+return expired

@@ -1,0 +1,279 @@
+"""gRPC servicers: proto in, validate, ledger/admin, proto out. Errors become
+gRPC statuses; Redis failures become UNAVAILABLE."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from budgetd import validate as v
+from budgetd.admin import Admin, Rule, check_rule
+from budgetd.errors import BudgetdError, InvalidArgument
+from budgetd.ledger import Ledger, ScopePath, reservation_id
+from budgetd.pricing import InvalidPricingError, ModelPricing
+from budgetd.windows import window_label
+from budgetd_client._proto.budget.v1 import admin_pb2 as apb
+from budgetd_client._proto.budget.v1 import admin_pb2_grpc as apb_grpc
+from budgetd_client._proto.budget.v1 import budget_pb2 as pb
+from budgetd_client._proto.budget.v1 import budget_pb2_grpc as pb_grpc
+
+log = logging.getLogger("budgetd.service")
+
+WINDOW_TO_PB = {"d": pb.WINDOW_DAY, "m": pb.WINDOW_MONTH}
+WINDOW_FROM_PB = {v_: k for k, v_ in WINDOW_TO_PB.items()}
+UNIT_TO_PB = {"t": pb.UNIT_TOKENS, "c": pb.UNIT_COST_MICROS}
+UNIT_FROM_PB = {v_: k for k, v_ in UNIT_TO_PB.items()}
+MODE_TO_PB = {"h": pb.MODE_HARD, "s": pb.MODE_SOFT, "w": pb.MODE_SHADOW}
+MODE_FROM_PB = {v_: k for k, v_ in MODE_TO_PB.items()}
+STATE_TO_PB = {
+    "held": pb.RESERVATION_STATE_HELD,
+    "reconciled": pb.RESERVATION_STATE_RECONCILED,
+    "released": pb.RESERVATION_STATE_RELEASED,
+    "expired": pb.RESERVATION_STATE_EXPIRED,
+}
+EXPIRY_TO_PB = {"keep": pb.EXPIRY_POLICY_KEEP, "release": pb.EXPIRY_POLICY_RELEASE}
+EXPIRY_FROM_PB = {v_: k for k, v_ in EXPIRY_TO_PB.items()}
+
+T = TypeVar("T")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[T]]
+
+
+def rpc(fn: Handler[T]) -> Handler[T]:
+    """Maps errors to gRPC statuses. A Redis outage is UNAVAILABLE, fast."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await fn(self, request, context)
+        except BudgetdError as e:
+            await context.abort(e.code, e.message)
+        except (RedisConnectionError, RedisTimeoutError) as e:
+            log.warning("redis unavailable in %s: %s", fn.__name__, e)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
+        except RedisError as e:
+            if "BUSY" in str(e) or "LOADING" in str(e) or "READONLY" in str(e):
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
+            log.exception("redis error in %s", fn.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"redis error: {e}")
+        raise AssertionError("abort returned")
+
+    return wrapper
+
+
+def scope_pb(path: str) -> pb.Scope:
+    parts = path.split("/")
+    return pb.Scope(org=parts[0], team=parts[1] if len(parts) > 1 else "",
+                    feature=parts[2] if len(parts) > 2 else "")
+
+
+def scope_of(s: ScopePath) -> pb.Scope:
+    return pb.Scope(org=s.org, team=s.team, feature=s.feature)
+
+
+def ts(ms: int) -> Timestamp:
+    t = Timestamp()
+    t.FromMilliseconds(int(ms))
+    return t
+
+
+def reserve_response(org: str, request_id: str, d: dict[str, Any]) -> pb.ReserveResponse:
+    out = pb.ReserveResponse()
+    for r in _list(d.get("remaining")):
+        out.remaining.append(pb.Remaining(
+            scope=scope_pb(r["path"]), window=WINDOW_TO_PB[r["w"]], unit=UNIT_TO_PB[r["u"]],
+            mode=MODE_TO_PB[r["mode"]], limit=int(r["limit"]), remaining=int(r["remaining"])))
+    for c in _list(d.get("crossings")):
+        out.crossings.append(pb.RuleCrossing(
+            scope=scope_pb(c["path"]), window=WINDOW_TO_PB[c["w"]], unit=UNIT_TO_PB[c["u"]],
+            mode=MODE_TO_PB[c["mode"]], limit=int(c["limit"]), used=int(c["used"]),
+            reserved=int(c["reserved"]), requested=int(c["requested"])))
+    if d["decision"] == "allowed":
+        out.decision = pb.DECISION_ALLOWED
+        out.reservation_id = reservation_id(org, request_id)
+        out.model = d["model"]
+        out.reserved.tokens = int(d["tokens"])
+        out.reserved.cost_micros = int(d["cost"])
+        out.expires_at.CopyFrom(ts(int(d["expires_ms"])))
+    else:
+        out.decision = pb.DECISION_DENIED
+        den = d["denial"]
+        out.denial.CopyFrom(pb.Denial(
+            scope=scope_pb(den["path"]), window=WINDOW_TO_PB[den["w"]],
+            unit=UNIT_TO_PB[den["u"]], limit=int(den["limit"]), used=int(den["used"]),
+            reserved=int(den["reserved"]), requested=int(den["requested"]),
+            model=den.get("model", "")))
+    return out
+
+
+def _list(v_: Any) -> list[Any]:
+    return v_ if isinstance(v_, list) else []
+
+
+class BudgetService(pb_grpc.BudgetServiceServicer):
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    @rpc
+    async def Reserve(self, request: pb.ReserveRequest,
+                      context: grpc.aio.ServicerContext) -> pb.ReserveResponse:
+        req = v.reserve(request)
+        ans = await self.ledger.reserve(req)
+        return reserve_response(req.scope.org, req.request_id, ans.data)
+
+    @rpc
+    async def Reconcile(self, request: pb.ReconcileRequest,
+                        context: grpc.aio.ServicerContext) -> pb.ReconcileResponse:
+        req = v.reconcile(request)
+        d = (await self.ledger.settle(req)).data
+        return pb.ReconcileResponse(
+            state=STATE_TO_PB[d["state"]], late=bool(d["late"]),
+            reserved=pb.Amount(tokens=int(d["tokens"]), cost_micros=int(d["cost"])),
+            actual=pb.Amount(tokens=int(d["actual_tokens"]),
+                             cost_micros=int(d["actual_cost"])))
+
+    @rpc
+    async def Release(self, request: pb.ReleaseRequest,
+                      context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:
+        req = v.release(request)
+        d = (await self.ledger.settle(req)).data
+        return pb.ReleaseResponse(
+            state=STATE_TO_PB[d["state"]], late=bool(d["late"]),
+            released=pb.Amount(tokens=int(d["tokens"]), cost_micros=int(d["cost"])))
+
+    @rpc
+    async def Record(self, request: pb.RecordRequest,
+                     context: grpc.aio.ServicerContext) -> pb.RecordResponse:
+        req = v.record(request)
+        d = (await self.ledger.record(req)).data
+        return pb.RecordResponse(recorded=pb.Amount(tokens=int(d["tokens"]),
+                                                    cost_micros=int(d["cost"])))
+
+    @rpc
+    async def GetBudget(self, request: pb.GetBudgetRequest,
+                        context: grpc.aio.ServicerContext) -> pb.GetBudgetResponse:
+        if not request.HasField("scope"):
+            raise InvalidArgument("scope", "is required")
+        sc = v.scope(request.scope)
+        d = await self.ledger.get_budget(sc)
+        out = pb.GetBudgetResponse(scope=scope_of(sc), time_zone=d["tz"])
+        for e in d["windows"]:
+            ws = pb.WindowStatus(
+                window=WINDOW_TO_PB[e["w"]], unit=UNIT_TO_PB[e["u"]], used=e["used"],
+                reserved=e["reserved"], window_id=window_label(e["window_id"]),
+                projected=e["projected"])
+            ws.resets_at.CopyFrom(ts(e["resets_at_ms"]))
+            if "limit" in e:
+                ws.has_limit = True
+                ws.limit = e["limit"]
+                ws.mode = MODE_TO_PB[e["mode"]]
+                ws.remaining = e["remaining"]
+                ws.percent = min(e["percent"], 2**31 - 1)
+            out.windows.append(ws)
+        return out
+
+
+def rule_pb(r: Rule) -> apb.BudgetRule:
+    return apb.BudgetRule(scope=scope_of(r.scope), window=WINDOW_TO_PB[r.window],
+                          unit=UNIT_TO_PB[r.unit], limit=r.limit, mode=MODE_TO_PB[r.mode],
+                          alert_thresholds_percent=list(r.thresholds))
+
+
+def _window_unit(window: int, unit: int, prefix: str) -> tuple[str, str]:
+    if window not in WINDOW_FROM_PB:
+        raise InvalidArgument(f"{prefix}window", "must be WINDOW_DAY or WINDOW_MONTH")
+    if unit not in UNIT_FROM_PB:
+        raise InvalidArgument(f"{prefix}unit", "must be UNIT_TOKENS or UNIT_COST_MICROS")
+    return WINDOW_FROM_PB[window], UNIT_FROM_PB[unit]
+
+
+class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+
+    @rpc
+    async def SetBudget(self, request: apb.SetBudgetRequest,
+                        context: grpc.aio.ServicerContext) -> apb.SetBudgetResponse:
+        if not request.HasField("rule"):
+            raise InvalidArgument("rule", "is required")
+        r = request.rule
+        if not r.HasField("scope"):
+            raise InvalidArgument("rule.scope", "is required")
+        sc = v.scope(r.scope, "rule.scope")
+        window, unit = _window_unit(r.window, r.unit, "rule.")
+        if r.mode == pb.MODE_UNSPECIFIED:
+            mode = "h"
+        elif r.mode in MODE_FROM_PB:
+            mode = MODE_FROM_PB[r.mode]
+        else:
+            raise InvalidArgument("rule.mode", f"unknown mode {r.mode}")
+        rule = check_rule(sc, window, unit, r.limit, mode, list(r.alert_thresholds_percent))
+        changed = await self.admin.set_budget(rule)
+        return apb.SetBudgetResponse(rule=rule_pb(rule), changed=changed)
+
+    @rpc
+    async def DeleteBudget(self, request: apb.DeleteBudgetRequest,
+                           context: grpc.aio.ServicerContext) -> apb.DeleteBudgetResponse:
+        if not request.HasField("scope"):
+            raise InvalidArgument("scope", "is required")
+        sc = v.scope(request.scope)
+        window, unit = _window_unit(request.window, request.unit, "")
+        return apb.DeleteBudgetResponse(deleted=await self.admin.delete_budget(sc, window, unit))
+
+    @rpc
+    async def ListBudgets(self, request: apb.ListBudgetsRequest,
+                          context: grpc.aio.ServicerContext) -> apb.ListBudgetsResponse:
+        org = v.check_id("org", request.org)
+        rules = await self.admin.list_budgets(org)
+        tz, expiry = await self.admin.get_settings(org)
+        return apb.ListBudgetsResponse(
+            rules=[rule_pb(r) for r in rules],
+            settings=apb.OrgSettings(org=org, time_zone=tz, expiry_policy=EXPIRY_TO_PB[expiry]))
+
+    @rpc
+    async def SetOrgSettings(self, request: apb.SetOrgSettingsRequest,
+                             context: grpc.aio.ServicerContext) -> apb.SetOrgSettingsResponse:
+        s = request.settings
+        org = v.check_id("settings.org", s.org)
+        expiry = None
+        if s.expiry_policy != pb.EXPIRY_POLICY_UNSPECIFIED:
+            if s.expiry_policy not in EXPIRY_FROM_PB:
+                raise InvalidArgument("settings.expiry_policy", "unknown policy")
+            expiry = EXPIRY_FROM_PB[s.expiry_policy]
+        tz, exp = await self.admin.set_settings(org, s.time_zone or None, expiry)
+        return apb.SetOrgSettingsResponse(settings=apb.OrgSettings(
+            org=org, time_zone=tz, expiry_policy=EXPIRY_TO_PB[exp]))
+
+    @rpc
+    async def GetOrgSettings(self, request: apb.GetOrgSettingsRequest,
+                             context: grpc.aio.ServicerContext) -> apb.GetOrgSettingsResponse:
+        org = v.check_id("org", request.org)
+        tz, exp = await self.admin.get_settings(org)
+        return apb.GetOrgSettingsResponse(settings=apb.OrgSettings(
+            org=org, time_zone=tz, expiry_policy=EXPIRY_TO_PB[exp]))
+
+    @rpc
+    async def SetPricing(self, request: apb.SetPricingRequest,
+                         context: grpc.aio.ServicerContext) -> apb.SetPricingResponse:
+        if not request.HasField("pricing"):
+            raise InvalidArgument("pricing", "is required")
+        try:
+            mp = ModelPricing.from_proto(request.pricing)
+        except InvalidPricingError as e:
+            raise InvalidArgument(e.field, str(e)) from e
+        saved = await self.admin.set_pricing(mp)
+        return apb.SetPricingResponse(pricing=saved.to_proto())
+
+    @rpc
+    async def GetPricing(self, request: apb.GetPricingRequest,
+                         context: grpc.aio.ServicerContext) -> apb.GetPricingResponse:
+        model = v.check_model("model", request.model) if request.model else ""
+        return apb.GetPricingResponse(
+            pricing=[m.to_proto() for m in await self.admin.get_pricing(model)])

@@ -1,0 +1,94 @@
+"""Test fixtures: a real Redis server process started by the tests on a free
+port (found the way `budgetd serve` finds one), and a real budgetd gRPC
+server on its own event loop thread, with a manual clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import pathlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from budgetd.clock import ManualClock  # noqa: E402
+from budgetd.config import Settings  # noqa: E402
+from budgetd.embedded import EmbeddedRedis  # noqa: E402
+from budgetd.server import ServerThread  # noqa: E402
+from budgetd_client import AdminClient, BudgetClient, CallPolicy  # noqa: E402
+
+# Tests run in the future: Redis applies EXPIREAT in real time, so window keys
+# dated in the past would vanish at once.
+T0 = dt.datetime(2027, 3, 15, 12, 0, 0, tzinfo=dt.timezone.utc)
+
+
+def ms(t: dt.datetime) -> int:
+    return int(t.timestamp() * 1000)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def r(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+class Budgetd:
+    """A running budgetd and clients for it."""
+
+    def __init__(self, thread: ServerThread, clock: ManualClock) -> None:
+        self.thread = thread
+        self.clock = clock
+        self.address = thread.address
+        policy = CallPolicy(timeout_s=10, total_timeout_s=20, retries=0)
+        self.client = BudgetClient(self.address, policy=policy)
+        self.admin = AdminClient(self.address, policy=policy)
+
+    def expire_now(self) -> int:
+        """One expiry sweep, as the server's background loop runs it."""
+        ledger = self.thread.app.ledger
+        assert ledger is not None
+        return int(self.thread.call(ledger.expire_all()))
+
+    def close(self) -> None:
+        self.client.close()
+        self.admin.close()
+        self.thread.stop()
+
+
+@pytest.fixture()
+def budgetd(r: redis.Redis, redis_server: EmbeddedRedis) -> Iterator[Budgetd]:
+    clock = ManualClock(ms(T0))
+    settings = Settings(listen="127.0.0.1:0", redis_url=redis_server.url,
+                        expiry_interval_s=0.2, redis_timeout_s=5.0)
+    thread = ServerThread(settings, clock).start()
+    b = Budgetd(thread, clock)
+    yield b
+    b.close()
+
+
+def keyspace(client: redis.Redis) -> dict[bytes, Any]:
+    """Every key with its serialized value and whether it has a TTL."""
+    out: dict[bytes, Any] = {}
+    for key in client.scan_iter(count=1000):
+        out[key] = (client.type(key), client.dump(key), client.ttl(key) >= 0)
+    return out
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("PYTHONHASHSEED", "0")
