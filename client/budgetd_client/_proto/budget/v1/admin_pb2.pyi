@@ -1,11 +1,32 @@
 from budgetd_client._proto.budget.v1 import budget_pb2 as _budget_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Period(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PERIOD_UNSPECIFIED: _ClassVar[Period]
+    PERIOD_DAY: _ClassVar[Period]
+    PERIOD_MONTH: _ClassVar[Period]
+
+class GroupBy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GROUP_BY_UNSPECIFIED: _ClassVar[GroupBy]
+    GROUP_BY_TEAM: _ClassVar[GroupBy]
+    GROUP_BY_FEATURE: _ClassVar[GroupBy]
+    GROUP_BY_MODEL: _ClassVar[GroupBy]
+PERIOD_UNSPECIFIED: Period
+PERIOD_DAY: Period
+PERIOD_MONTH: Period
+GROUP_BY_UNSPECIFIED: GroupBy
+GROUP_BY_TEAM: GroupBy
+GROUP_BY_FEATURE: GroupBy
+GROUP_BY_MODEL: GroupBy
 
 class BudgetRule(_message.Message):
     __slots__ = ("scope", "window", "unit", "limit", "mode", "alert_thresholds_percent")
@@ -170,3 +191,65 @@ class GetPricingResponse(_message.Message):
     PRICING_FIELD_NUMBER: _ClassVar[int]
     pricing: _containers.RepeatedCompositeFieldContainer[ModelPricing]
     def __init__(self, pricing: _Optional[_Iterable[_Union[ModelPricing, _Mapping]]] = ...) -> None: ...
+
+class GetUsageReportRequest(_message.Message):
+    __slots__ = ("org", "period", "period_id", "group_by")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    period: Period
+    period_id: str
+    group_by: GroupBy
+    def __init__(self, org: _Optional[str] = ..., period: _Optional[_Union[Period, str]] = ..., period_id: _Optional[str] = ..., group_by: _Optional[_Union[GroupBy, str]] = ...) -> None: ...
+
+class UsageRow(_message.Message):
+    __slots__ = ("group", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens", "cost_micros", "requests", "denials")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_READ_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_MICROS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    DENIALS_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    input_tokens: int
+    output_tokens: int
+    cache_write_tokens: int
+    cache_read_tokens: int
+    cost_micros: int
+    requests: int
+    denials: int
+    def __init__(self, group: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., cache_read_tokens: _Optional[int] = ..., cost_micros: _Optional[int] = ..., requests: _Optional[int] = ..., denials: _Optional[int] = ...) -> None: ...
+
+class GetUsageReportResponse(_message.Message):
+    __slots__ = ("org", "period", "period_id", "group_by", "rows", "total")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    period: Period
+    period_id: str
+    group_by: GroupBy
+    rows: _containers.RepeatedCompositeFieldContainer[UsageRow]
+    total: UsageRow
+    def __init__(self, org: _Optional[str] = ..., period: _Optional[_Union[Period, str]] = ..., period_id: _Optional[str] = ..., group_by: _Optional[_Union[GroupBy, str]] = ..., rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ..., total: _Optional[_Union[UsageRow, _Mapping]] = ...) -> None: ...
+
+class WatchAlertsRequest(_message.Message):
+    __slots__ = ("org", "after_id")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    after_id: str
+    def __init__(self, org: _Optional[str] = ..., after_id: _Optional[str] = ...) -> None: ...
+
+class WatchAlertsResponse(_message.Message):
+    __slots__ = ("alert",)
+    ALERT_FIELD_NUMBER: _ClassVar[int]
+    alert: _budget_pb2.Alert
+    def __init__(self, alert: _Optional[_Union[_budget_pb2.Alert, _Mapping]] = ...) -> None: ...

@@ -69,6 +69,16 @@ class BudgetAdminServiceStub:
                 request_serializer=budget_dot_v1_dot_admin__pb2.GetPricingRequest.SerializeToString,
                 response_deserializer=budget_dot_v1_dot_admin__pb2.GetPricingResponse.FromString,
                 _registered_method=True)
+        self.GetUsageReport = channel.unary_unary(
+                '/budget.v1.BudgetAdminService/GetUsageReport',
+                request_serializer=budget_dot_v1_dot_admin__pb2.GetUsageReportRequest.SerializeToString,
+                response_deserializer=budget_dot_v1_dot_admin__pb2.GetUsageReportResponse.FromString,
+                _registered_method=True)
+        self.WatchAlerts = channel.unary_stream(
+                '/budget.v1.BudgetAdminService/WatchAlerts',
+                request_serializer=budget_dot_v1_dot_admin__pb2.WatchAlertsRequest.SerializeToString,
+                response_deserializer=budget_dot_v1_dot_admin__pb2.WatchAlertsResponse.FromString,
+                _registered_method=True)
 
 
 class BudgetAdminServiceServicer:
@@ -116,6 +126,18 @@ class BudgetAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsageReport(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchAlerts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BudgetAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +175,16 @@ def add_BudgetAdminServiceServicer_to_server(servicer, server):
                     servicer.GetPricing,
                     request_deserializer=budget_dot_v1_dot_admin__pb2.GetPricingRequest.FromString,
                     response_serializer=budget_dot_v1_dot_admin__pb2.GetPricingResponse.SerializeToString,
+            ),
+            'GetUsageReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageReport,
+                    request_deserializer=budget_dot_v1_dot_admin__pb2.GetUsageReportRequest.FromString,
+                    response_serializer=budget_dot_v1_dot_admin__pb2.GetUsageReportResponse.SerializeToString,
+            ),
+            'WatchAlerts': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAlerts,
+                    request_deserializer=budget_dot_v1_dot_admin__pb2.WatchAlertsRequest.FromString,
+                    response_serializer=budget_dot_v1_dot_admin__pb2.WatchAlertsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +376,60 @@ class BudgetAdminService:
             '/budget.v1.BudgetAdminService/GetPricing',
             budget_dot_v1_dot_admin__pb2.GetPricingRequest.SerializeToString,
             budget_dot_v1_dot_admin__pb2.GetPricingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsageReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/budget.v1.BudgetAdminService/GetUsageReport',
+            budget_dot_v1_dot_admin__pb2.GetUsageReportRequest.SerializeToString,
+            budget_dot_v1_dot_admin__pb2.GetUsageReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/budget.v1.BudgetAdminService/WatchAlerts',
+            budget_dot_v1_dot_admin__pb2.WatchAlertsRequest.SerializeToString,
+            budget_dot_v1_dot_admin__pb2.WatchAlertsResponse.FromString,
             options,
             channel_credentials,
             insecure,

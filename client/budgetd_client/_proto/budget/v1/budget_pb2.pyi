@@ -359,3 +359,25 @@ class GetBudgetResponse(_message.Message):
     windows: _containers.RepeatedCompositeFieldContainer[WindowStatus]
     time_zone: str
     def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., windows: _Optional[_Iterable[_Union[WindowStatus, _Mapping]]] = ..., time_zone: _Optional[str] = ...) -> None: ...
+
+class ReserveBatchRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[ReserveRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[ReserveRequest, _Mapping]]] = ...) -> None: ...
+
+class ReserveBatchResult(_message.Message):
+    __slots__ = ("response", "error_code", "error_message")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    response: ReserveResponse
+    error_code: int
+    error_message: str
+    def __init__(self, response: _Optional[_Union[ReserveResponse, _Mapping]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class ReserveBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ReserveBatchResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ReserveBatchResult, _Mapping]]] = ...) -> None: ...

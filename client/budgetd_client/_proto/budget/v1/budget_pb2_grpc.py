@@ -59,6 +59,11 @@ class BudgetServiceStub:
                 request_serializer=budget_dot_v1_dot_budget__pb2.GetBudgetRequest.SerializeToString,
                 response_deserializer=budget_dot_v1_dot_budget__pb2.GetBudgetResponse.FromString,
                 _registered_method=True)
+        self.ReserveBatch = channel.unary_unary(
+                '/budget.v1.BudgetService/ReserveBatch',
+                request_serializer=budget_dot_v1_dot_budget__pb2.ReserveBatchRequest.SerializeToString,
+                response_deserializer=budget_dot_v1_dot_budget__pb2.ReserveBatchResponse.FromString,
+                _registered_method=True)
 
 
 class BudgetServiceServicer:
@@ -94,6 +99,12 @@ class BudgetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReserveBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BudgetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +132,11 @@ def add_BudgetServiceServicer_to_server(servicer, server):
                     servicer.GetBudget,
                     request_deserializer=budget_dot_v1_dot_budget__pb2.GetBudgetRequest.FromString,
                     response_serializer=budget_dot_v1_dot_budget__pb2.GetBudgetResponse.SerializeToString,
+            ),
+            'ReserveBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveBatch,
+                    request_deserializer=budget_dot_v1_dot_budget__pb2.ReserveBatchRequest.FromString,
+                    response_serializer=budget_dot_v1_dot_budget__pb2.ReserveBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +274,33 @@ class BudgetService:
             '/budget.v1.BudgetService/GetBudget',
             budget_dot_v1_dot_budget__pb2.GetBudgetRequest.SerializeToString,
             budget_dot_v1_dot_budget__pb2.GetBudgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReserveBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/budget.v1.BudgetService/ReserveBatch',
+            budget_dot_v1_dot_budget__pb2.ReserveBatchRequest.SerializeToString,
+            budget_dot_v1_dot_budget__pb2.ReserveBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
