@@ -8,10 +8,9 @@ import time
 
 import pytest
 import redis
+from budgetd_client import AlreadyExists, FailedPrecondition, NotFound, Usage
 from conftest import Budgetd, keyspace, ms
 from helpers import TEST_BIG, TEST_MODEL, TEST_SMALL, set_test_pricing
-
-from budgetd_client import AlreadyExists, FailedPrecondition, NotFound, Usage
 
 
 def counters(r: redis.Redis, org: str, window_id: str) -> dict[str, int]:

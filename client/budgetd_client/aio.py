@@ -22,7 +22,7 @@ R = TypeVar("R")
 
 
 def _runs(op: Callable[P, _ops.Op[R]]) -> Callable[Concatenate[AsyncClient, P], Awaitable[R]]:
-    async def method(self: AsyncClient, *args: P.args, **kwargs: P.kwargs) -> R:
+    async def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return await self.run(op(*args, **kwargs))
 
     functools.update_wrapper(method, op)
@@ -74,7 +74,7 @@ class AsyncClient:
                 raise from_rpc_error(e) from None
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.channel.close(None)
 
     async def __aenter__(self: Any) -> Any:
         return self

@@ -22,7 +22,7 @@ R = TypeVar("R")
 def _runs(op: Callable[P, _ops.Op[R]]) -> Callable[Concatenate[Client, P], R]:
     """Turns an op builder into a client method that runs it."""
 
-    def method(self: Client, *args: P.args, **kwargs: P.kwargs) -> R:
+    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.run(op(*args, **kwargs))
 
     functools.update_wrapper(method, op)

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
+from budgetd_client._proto.budget.v1 import admin_pb2, admin_pb2_grpc, budget_pb2, budget_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.asyncio.retry import Retry
@@ -26,7 +27,6 @@ from budgetd.config import Settings
 from budgetd.embedded import EmbeddedRedis
 from budgetd.ledger import Ledger, PricingSource
 from budgetd.service import BudgetAdminService, BudgetService
-from budgetd_client._proto.budget.v1 import admin_pb2, admin_pb2_grpc, budget_pb2, budget_pb2_grpc
 
 log = logging.getLogger("budgetd.server")
 
@@ -87,7 +87,7 @@ class App:
                                                             self.server)
         admin_pb2_grpc.add_BudgetAdminServiceServicer_to_server(BudgetAdminService(admin),
                                                                 self.server)
-        self.health = health.aio.HealthServicer()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

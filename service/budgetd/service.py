@@ -6,9 +6,13 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
+from budgetd_client._proto.budget.v1 import admin_pb2 as apb
+from budgetd_client._proto.budget.v1 import admin_pb2_grpc as apb_grpc
+from budgetd_client._proto.budget.v1 import budget_pb2 as pb
+from budgetd_client._proto.budget.v1 import budget_pb2_grpc as pb_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -20,37 +24,35 @@ from budgetd.errors import BudgetdError, InvalidArgument
 from budgetd.ledger import Ledger, ScopePath, reservation_id
 from budgetd.pricing import InvalidPricingError, ModelPricing
 from budgetd.windows import window_label
-from budgetd_client._proto.budget.v1 import admin_pb2 as apb
-from budgetd_client._proto.budget.v1 import admin_pb2_grpc as apb_grpc
-from budgetd_client._proto.budget.v1 import budget_pb2 as pb
-from budgetd_client._proto.budget.v1 import budget_pb2_grpc as pb_grpc
 
 log = logging.getLogger("budgetd.service")
 
-WINDOW_TO_PB = {"d": pb.WINDOW_DAY, "m": pb.WINDOW_MONTH}
-WINDOW_FROM_PB = {v_: k for k, v_ in WINDOW_TO_PB.items()}
-UNIT_TO_PB = {"t": pb.UNIT_TOKENS, "c": pb.UNIT_COST_MICROS}
-UNIT_FROM_PB = {v_: k for k, v_ in UNIT_TO_PB.items()}
-MODE_TO_PB = {"h": pb.MODE_HARD, "s": pb.MODE_SOFT, "w": pb.MODE_SHADOW}
-MODE_FROM_PB = {v_: k for k, v_ in MODE_TO_PB.items()}
-STATE_TO_PB = {
+WINDOW_TO_PB: dict[str, Any] = {"d": pb.WINDOW_DAY, "m": pb.WINDOW_MONTH}
+WINDOW_FROM_PB: dict[int, str] = {v_: k for k, v_ in WINDOW_TO_PB.items()}
+UNIT_TO_PB: dict[str, Any] = {"t": pb.UNIT_TOKENS, "c": pb.UNIT_COST_MICROS}
+UNIT_FROM_PB: dict[int, str] = {v_: k for k, v_ in UNIT_TO_PB.items()}
+MODE_TO_PB: dict[str, Any] = {"h": pb.MODE_HARD, "s": pb.MODE_SOFT, "w": pb.MODE_SHADOW}
+MODE_FROM_PB: dict[int, str] = {v_: k for k, v_ in MODE_TO_PB.items()}
+STATE_TO_PB: dict[str, Any] = {
     "held": pb.RESERVATION_STATE_HELD,
     "reconciled": pb.RESERVATION_STATE_RECONCILED,
     "released": pb.RESERVATION_STATE_RELEASED,
     "expired": pb.RESERVATION_STATE_EXPIRED,
 }
-EXPIRY_TO_PB = {"keep": pb.EXPIRY_POLICY_KEEP, "release": pb.EXPIRY_POLICY_RELEASE}
-EXPIRY_FROM_PB = {v_: k for k, v_ in EXPIRY_TO_PB.items()}
+EXPIRY_TO_PB: dict[str, Any] = {"keep": pb.EXPIRY_POLICY_KEEP, "release": pb.EXPIRY_POLICY_RELEASE}
+EXPIRY_FROM_PB: dict[int, str] = {v_: k for k, v_ in EXPIRY_TO_PB.items()}
 
 T = TypeVar("T")
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[T]]
+# grpc-stubs types the context as generic; at run time it is not subscriptable.
+Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Handler = Callable[[Any, Any, Ctx], Awaitable[T]]
 
 
 def rpc(fn: Handler[T]) -> Handler[T]:
     """Maps errors to gRPC statuses. A Redis outage is UNAVAILABLE, fast."""
 
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+    async def wrapper(self: Any, request: Any, context: Ctx) -> T:
         try:
             return await fn(self, request, context)
         except BudgetdError as e:
@@ -123,14 +125,14 @@ class BudgetService(pb_grpc.BudgetServiceServicer):
 
     @rpc
     async def Reserve(self, request: pb.ReserveRequest,
-                      context: grpc.aio.ServicerContext) -> pb.ReserveResponse:
+                      context: Ctx) -> pb.ReserveResponse:
         req = v.reserve(request)
         ans = await self.ledger.reserve(req)
         return reserve_response(req.scope.org, req.request_id, ans.data)
 
     @rpc
     async def Reconcile(self, request: pb.ReconcileRequest,
-                        context: grpc.aio.ServicerContext) -> pb.ReconcileResponse:
+                        context: Ctx) -> pb.ReconcileResponse:
         req = v.reconcile(request)
         d = (await self.ledger.settle(req)).data
         return pb.ReconcileResponse(
@@ -141,7 +143,7 @@ class BudgetService(pb_grpc.BudgetServiceServicer):
 
     @rpc
     async def Release(self, request: pb.ReleaseRequest,
-                      context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:
+                      context: Ctx) -> pb.ReleaseResponse:
         req = v.release(request)
         d = (await self.ledger.settle(req)).data
         return pb.ReleaseResponse(
@@ -150,7 +152,7 @@ class BudgetService(pb_grpc.BudgetServiceServicer):
 
     @rpc
     async def Record(self, request: pb.RecordRequest,
-                     context: grpc.aio.ServicerContext) -> pb.RecordResponse:
+                     context: Ctx) -> pb.RecordResponse:
         req = v.record(request)
         d = (await self.ledger.record(req)).data
         return pb.RecordResponse(recorded=pb.Amount(tokens=int(d["tokens"]),
@@ -158,7 +160,7 @@ class BudgetService(pb_grpc.BudgetServiceServicer):
 
     @rpc
     async def GetBudget(self, request: pb.GetBudgetRequest,
-                        context: grpc.aio.ServicerContext) -> pb.GetBudgetResponse:
+                        context: Ctx) -> pb.GetBudgetResponse:
         if not request.HasField("scope"):
             raise InvalidArgument("scope", "is required")
         sc = v.scope(request.scope)
@@ -200,7 +202,7 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
 
     @rpc
     async def SetBudget(self, request: apb.SetBudgetRequest,
-                        context: grpc.aio.ServicerContext) -> apb.SetBudgetResponse:
+                        context: Ctx) -> apb.SetBudgetResponse:
         if not request.HasField("rule"):
             raise InvalidArgument("rule", "is required")
         r = request.rule
@@ -220,7 +222,7 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
 
     @rpc
     async def DeleteBudget(self, request: apb.DeleteBudgetRequest,
-                           context: grpc.aio.ServicerContext) -> apb.DeleteBudgetResponse:
+                           context: Ctx) -> apb.DeleteBudgetResponse:
         if not request.HasField("scope"):
             raise InvalidArgument("scope", "is required")
         sc = v.scope(request.scope)
@@ -229,7 +231,7 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
 
     @rpc
     async def ListBudgets(self, request: apb.ListBudgetsRequest,
-                          context: grpc.aio.ServicerContext) -> apb.ListBudgetsResponse:
+                          context: Ctx) -> apb.ListBudgetsResponse:
         org = v.check_id("org", request.org)
         rules = await self.admin.list_budgets(org)
         tz, expiry = await self.admin.get_settings(org)
@@ -239,7 +241,7 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
 
     @rpc
     async def SetOrgSettings(self, request: apb.SetOrgSettingsRequest,
-                             context: grpc.aio.ServicerContext) -> apb.SetOrgSettingsResponse:
+                             context: Ctx) -> apb.SetOrgSettingsResponse:
         s = request.settings
         org = v.check_id("settings.org", s.org)
         expiry = None
@@ -253,7 +255,7 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
 
     @rpc
     async def GetOrgSettings(self, request: apb.GetOrgSettingsRequest,
-                             context: grpc.aio.ServicerContext) -> apb.GetOrgSettingsResponse:
+                             context: Ctx) -> apb.GetOrgSettingsResponse:
         org = v.check_id("org", request.org)
         tz, exp = await self.admin.get_settings(org)
         return apb.GetOrgSettingsResponse(settings=apb.OrgSettings(
@@ -261,7 +263,7 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
 
     @rpc
     async def SetPricing(self, request: apb.SetPricingRequest,
-                         context: grpc.aio.ServicerContext) -> apb.SetPricingResponse:
+                         context: Ctx) -> apb.SetPricingResponse:
         if not request.HasField("pricing"):
             raise InvalidArgument("pricing", "is required")
         try:
@@ -273,7 +275,7 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
 
     @rpc
     async def GetPricing(self, request: apb.GetPricingRequest,
-                         context: grpc.aio.ServicerContext) -> apb.GetPricingResponse:
+                         context: Ctx) -> apb.GetPricingResponse:
         model = v.check_model("model", request.model) if request.model else ""
         return apb.GetPricingResponse(
             pricing=[m.to_proto() for m in await self.admin.get_pricing(model)])
