@@ -26,6 +26,18 @@ class Settings:
     drain_s: float = 10.0
     log_level: str = "INFO"
     log_format: str = "json"
+    # Prometheus endpoint host:port; empty: off.
+    metrics_listen: str = ""
+    # Label denials with the team id (bounded, see metrics.MAX_TEAM_LABELS).
+    metrics_per_team: bool = False
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # Set: clients must present a certificate signed by this CA (mTLS).
+    tls_client_ca_file: str = ""
+    # YAML/JSON list of token hashes; empty: no auth (loopback only).
+    auth_tokens_file: str = ""
+    # Serve without tokens on a non-loopback address.
+    insecure_no_auth: bool = False
 
 
 _FLAGS: list[tuple[str, str, type, str]] = [
@@ -39,12 +51,32 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("drain_s", "BUDGETD_DRAIN_S", float, "graceful shutdown drain time (s)"),
     ("log_level", "BUDGETD_LOG_LEVEL", str, "DEBUG, INFO, WARNING, ERROR"),
     ("log_format", "BUDGETD_LOG_FORMAT", str, "json or text"),
+    ("metrics_listen", "BUDGETD_METRICS_LISTEN", str,
+     "Prometheus metrics HTTP address host:port (e.g. 0.0.0.0:9464); empty: off"),
+    ("metrics_per_team", "BUDGETD_METRICS_PER_TEAM", bool,
+     "label denial metrics with the team id (bounded number of teams)"),
+    ("tls_cert_file", "BUDGETD_TLS_CERT_FILE", str, "server certificate chain (PEM)"),
+    ("tls_key_file", "BUDGETD_TLS_KEY_FILE", str, "server private key (PEM)"),
+    ("tls_client_ca_file", "BUDGETD_TLS_CLIENT_CA_FILE", str,
+     "CA bundle (PEM) for client certificates; set: mTLS required"),
+    ("auth_tokens_file", "BUDGETD_AUTH_TOKENS_FILE", str,
+     "YAML/JSON file of bearer token SHA-256 hashes; empty: no auth, loopback only"),
+    ("insecure_no_auth", "BUDGETD_INSECURE_NO_AUTH", bool,
+     "serve on a non-loopback address without tokens"),
 ]
+
+_TRUE = {"1", "true", "yes", "on"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Settings()
     for name, env, typ, help_ in _FLAGS:
+        if typ is bool:
+            on = os.environ.get(env, "").strip().lower() in _TRUE
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name,
+                                action="store_true", default=on,
+                                help=f"{help_} [env {env}=1]")
+            continue
         default = os.environ.get(env, getattr(defaults, name))
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ,
                             default=typ(default) if default != "" else "",

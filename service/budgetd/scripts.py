@@ -5,10 +5,15 @@ persisted nor replicated: a restart or failover empties it)."""
 from __future__ import annotations
 
 import hashlib
+import time
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from budgetd import metrics
 
 
 def _source(name: str) -> str:
@@ -27,12 +32,21 @@ class Script:
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     async def __call__(self, client: Any, keys: list[str], args: list[str | int]) -> Any:
+        start = time.perf_counter()
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            # NOSCRIPT means it did not run. EVAL runs it once and caches it,
-            # on the node that owns the keys.
-            return await client.eval(self.source, len(keys), *keys, *args)
+            try:
+                return await client.evalsha(self.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                # NOSCRIPT means it did not run. EVAL runs it once and caches it,
+                # on the node that owns the keys.
+                return await client.eval(self.source, len(keys), *keys, *args)
+        except RedisError as e:
+            kind = ("timeout" if isinstance(e, RedisTimeoutError) else
+                    "connection" if isinstance(e, RedisConnectionError) else "error")
+            metrics.REDIS_SCRIPT_ERRORS.labels(self.name, kind).inc()
+            raise
+        finally:
+            metrics.REDIS_SCRIPT_LATENCY.labels(self.name).observe(time.perf_counter() - start)
 
 
 class Scripts:

@@ -21,12 +21,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from budgetd import metrics
 from budgetd.admin import Admin
+from budgetd.auth import Authorizer, check_protected_mode, load_tokens
 from budgetd.clock import Clock, SystemClock
 from budgetd.config import Settings
 from budgetd.embedded import EmbeddedRedis
+from budgetd.interceptors import ServerInterceptor
 from budgetd.ledger import Ledger, PricingSource
 from budgetd.service import BudgetAdminService, BudgetService
+from budgetd.tls import server_credentials
 
 log = logging.getLogger("budgetd.server")
 
@@ -64,9 +68,17 @@ class App:
     embedded: EmbeddedRedis | None = None
     port: int = 0
     ledger: Ledger | None = None
+    metrics_server: metrics.MetricsServer | None = None
 
     async def start(self) -> None:
         s = self.settings
+        # Configuration errors first: nothing starts on a bad config.
+        authorizer = Authorizer(load_tokens(s.auth_tokens_file) if s.auth_tokens_file else {})
+        if check_protected_mode(s.listen, authorizer.enabled, s.insecure_no_auth):
+            log.warning("no auth tokens configured: anyone who can connect may spend and "
+                        "change any budget; set --auth-tokens-file",
+                        extra={"listen": s.listen})
+        creds = server_credentials(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
         url = s.redis_url
         if not url:
             self.embedded = EmbeddedRedis(s.data_dir)
@@ -82,7 +94,7 @@ class App:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
-        ])
+        ], interceptors=[ServerInterceptor(authorizer, metrics.TeamLabels(s.metrics_per_team))])
         budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetService(self.ledger),
                                                             self.server)
         admin_pb2_grpc.add_BudgetAdminServiceServicer_to_server(BudgetAdminService(admin),
@@ -92,15 +104,25 @@ class App:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(s.listen)
+        if creds is not None:
+            self.port = self.server.add_secure_port(s.listen, creds)
+        else:
+            self.port = self.server.add_insecure_port(s.listen)
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {s.listen}")
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._set_ready(await self._redis_ok())
         await self.server.start()
+        if s.metrics_listen:
+            self.metrics_server = metrics.MetricsServer(s.metrics_listen)
+            log.info("metrics serving", extra={"metrics_listen": s.metrics_listen,
+                                               "port": self.metrics_server.port})
         self._tasks = [asyncio.create_task(self._sweep_loop()),
                        asyncio.create_task(self._health_loop())]
-        log.info("budgetd serving", extra={"listen": s.listen, "port": self.port})
+        log.info("budgetd serving", extra={"listen": s.listen, "port": self.port,
+                                           "tls": creds is not None,
+                                           "mtls": bool(s.tls_client_ca_file),
+                                           "auth_tokens": len(authorizer.tokens)})
 
     async def _redis_ok(self) -> bool:
         try:
@@ -126,6 +148,7 @@ class App:
             try:
                 n = await self.ledger.expire_all()
                 if n:
+                    metrics.EXPIRED_RESERVATIONS.inc(n)
                     log.info("reservations expired", extra={"count": n})
             except (RedisError, OSError) as e:
                 log.warning("expiry sweep failed: %s", e)
@@ -134,6 +157,9 @@ class App:
             await asyncio.sleep(self.settings.expiry_interval_s)
 
     async def stop(self, grace_s: float | None = None) -> None:
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.stop)
+            self.metrics_server = None
         if self.server is not None:
             with contextlib.suppress(Exception):
                 await self.health.enter_graceful_shutdown()
