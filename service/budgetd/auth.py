@@ -131,6 +131,7 @@ def _orgs(where: str, v: Any) -> frozenset[str] | None:
 
 
 def bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+    """The token of 'authorization: Bearer <token>'; '' if malformed, None if absent."""
     for k, val in metadata or ():
         if k.lower() == "authorization":
             s = val.decode("latin-1") if isinstance(val, bytes) else str(val)
@@ -175,8 +176,7 @@ class Authorizer:
     def enabled(self) -> bool:
         return bool(self.tokens)
 
-    def authenticate(self, method: str,
-                     metadata: Sequence[tuple[str, Any]] | None) -> Principal | None:
+    def authenticate(self, method: str, metadata: Any) -> Principal | None:
         """The caller, or None when auth is off or the method is open."""
         if not self.enabled or is_open(method):
             return None

@@ -19,6 +19,9 @@ from budgetd.errors import BudgetdError
 
 log = logging.getLogger("budgetd.access")
 
+Context = grpc.aio.ServicerContext[Any, Any]
+MethodHandler = grpc.RpcMethodHandler[Any, Any]
+
 MAX_REQUEST_ID_CHARS = 128
 
 
@@ -45,25 +48,25 @@ class _Call:
         self.principal: Principal | None = None
 
 
-class ServerInterceptor(grpc.aio.ServerInterceptor):
+class ServerInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
     def __init__(self, authorizer: Authorizer, teams: metrics.TeamLabels) -> None:
         self.authorizer = authorizer
         self.teams = teams
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails],
-                                     Awaitable[grpc.RpcMethodHandler]],
+                                     Awaitable[MethodHandler]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> MethodHandler:
         handler = await continuation(details)
         if handler is None:
             return handler
         method = details.method
         md = details.invocation_metadata
         if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
+            inner_uu: Any = handler.unary_unary
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary_unary(request: Any, context: Context) -> Any:
                 call = _Call(method, md, request)
                 code, decision = grpc.StatusCode.OK, ""
                 try:
@@ -83,10 +86,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 unary_unary, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
+            inner_us: Any = handler.unary_stream
 
             async def unary_stream(request: Any,
-                                   context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                                   context: Context) -> AsyncIterator[Any]:
                 call = _Call(method, md, request)
                 code = grpc.StatusCode.OK
                 try:
@@ -115,7 +118,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
     async def _check(self, call: _Call, request: Any,
-                     context: grpc.aio.ServicerContext) -> None:
+                     context: Context) -> None:
         try:
             call.principal = self.authorizer.authenticate(call.method,
                                                           context.invocation_metadata())
@@ -141,7 +144,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         log.log(level, "rpc", extra=extra)
 
 
-def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+def _code_of(context: Context) -> grpc.StatusCode:
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code if code != grpc.StatusCode.OK else grpc.StatusCode.UNKNOWN
@@ -152,8 +155,8 @@ def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-def _refuse(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+def _refuse(handler: MethodHandler) -> MethodHandler:
+    async def deny(request: Any, context: Context) -> Any:
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, "streaming method not allowed")
 
     if handler.stream_unary is not None:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from budgetd_client._proto.budget.v1 import admin_pb2, budget_pb2
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client import start_http_server as _start_http_server
-
-from budgetd_client._proto.budget.v1 import admin_pb2, budget_pb2
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
