@@ -9,7 +9,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -19,8 +19,14 @@ from budgetd.errors import BudgetdError
 
 log = logging.getLogger("budgetd.access")
 
-Context = grpc.aio.ServicerContext[Any, Any]
-MethodHandler = grpc.RpcMethodHandler[Any, Any]
+if TYPE_CHECKING:
+    Context = grpc.aio.ServicerContext[Any, Any]
+    MethodHandler = grpc.RpcMethodHandler[Any, Any]
+    _Base = grpc.aio.ServerInterceptor[Any, Any]
+else:  # the runtime classes are not generic
+    Context = grpc.aio.ServicerContext
+    MethodHandler = grpc.RpcMethodHandler
+    _Base = grpc.aio.ServerInterceptor
 
 MAX_REQUEST_ID_CHARS = 128
 
@@ -48,7 +54,7 @@ class _Call:
         self.principal: Principal | None = None
 
 
-class ServerInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+class ServerInterceptor(_Base):
     def __init__(self, authorizer: Authorizer, teams: metrics.TeamLabels) -> None:
         self.authorizer = authorizer
         self.teams = teams

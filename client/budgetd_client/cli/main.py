@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 the server said no, 2 usage error, 3 budgetd unavailable."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
 import json
@@ -356,8 +357,9 @@ def cmd_pricing_set(ctx: Ctx) -> int:
         if not ns.model:
             raise UsageError("pricing set: give a MODEL (with --input-price/--output-price) "
                              "or -f FILE")
-        if ns.input_price is None or ns.output_price is None:
-            raise UsageError("pricing set: --input-price and --output-price are required")
+        if ns.input_price is None or ns.output_price is None or not ns.max_output_tokens:
+            raise UsageError("pricing set: --input-price, --output-price and "
+                             "--max-output-tokens are required")
         prices = apb.Prices(
             input=_usd_per_mtok("--input-price", ns.input_price),
             output=_usd_per_mtok("--output-price", ns.output_price),
@@ -625,7 +627,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     err = err or sys.stderr
     parser = build_parser()
     try:
-        ns = parser.parse_args(argv)
+        # argparse prints help and usage errors itself: to our streams.
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            ns = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return int(e.code or 0)
     ctx = Ctx(ns, out)
