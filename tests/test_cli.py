@@ -13,10 +13,9 @@ import textwrap
 
 import pytest
 import redis
+from budgetd_client.cli import main
 from conftest import Budgetd, keyspace
 from helpers import TEST_MODEL, set_test_pricing
-
-from budgetd_client.cli import main
 
 BUDGETCTL = str(pathlib.Path(sys.executable).parent / "budgetctl")
 
@@ -154,7 +153,7 @@ def test_apply_bad_file_is_a_usage_error_naming_the_place(
     f = tmp_path / "b.yaml"
     f.write_text(content)
     before = keyspace(r)
-    code, out, err = run(budgetd, "apply", "-f", str(f))
+    code, _out, err = run(budgetd, "apply", "-f", str(f))
     assert code == 2
     assert message in err and "Traceback" not in err
     assert keyspace(r) == before
@@ -215,7 +214,7 @@ def test_report_and_alerts_watch_args_and_unimplemented(budgetd: Budgetd) -> Non
     for argv in (["report", "acme", "--period", "day", "--group-by", "model", "--csv"],
                  ["report", "acme"],
                  ["alerts", "watch", "acme", "--after-id", "1-0", "--count", "1"]):
-        code, out, err = run(budgetd, *argv)
+        code, _out, err = run(budgetd, *argv)
         assert code == 1, (argv, err)
         assert "does not implement" in err and "UNIMPLEMENTED" in err
         assert "Traceback" not in err
