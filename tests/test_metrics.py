@@ -122,3 +122,17 @@ def test_access_log_one_json_line_per_call_without_token(
     assert line["principal"] == "t0" and isinstance(line["duration_ms"], float)
     assert TOKEN not in json.dumps(line)
     client.close()
+
+
+def test_grafana_dashboard_uses_only_exported_metrics() -> None:
+    import re
+
+    doc = json.loads((pathlib.Path(__file__).parent.parent / "docs" /
+                      "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in doc["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\bbudgetd_[a-z_]+", e)}
+    exported = set()
+    for fam in metrics.REGISTRY.collect():
+        for suffix in ("", "_total", "_bucket", "_count", "_sum"):
+            exported.add(fam.name + suffix)
+    assert used and used <= exported, used - exported
