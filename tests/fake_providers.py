@@ -111,17 +111,19 @@ class FakeProviders:
 
     def _anthropic(self, h: Any, body: dict[str, Any], plan: Plan) -> None:
         if plan.status != 200:
-            return self._error(h, plan, True)
+            self._error(h, plan, True)
+            return
         model = body["model"]
         usage = {"input_tokens": plan.input_tokens, "output_tokens": plan.output_tokens,
                  "cache_creation_input_tokens": plan.cache_creation_input_tokens,
                  "cache_read_input_tokens": plan.cache_read_input_tokens}
         msg_id = f"msg_{len(self.requests)}"
         if not body.get("stream"):
-            return h._json(200, {
+            h._json(200, {
                 "id": msg_id, "type": "message", "role": "assistant", "model": model,
                 "content": [{"type": "text", "text": "".join(plan.chunks)}],
                 "stop_reason": "end_turn", "stop_sequence": None, "usage": usage})
+            return
         self._sse_start(h)
 
         def event(name: str, data: dict[str, Any]) -> None:
@@ -136,7 +138,8 @@ class FakeProviders:
         event("ping", {"type": "ping"})
         for i, text in enumerate(plan.chunks):
             if plan.cut_after is not None and i >= plan.cut_after:
-                return self._cut(h)
+                self._cut(h)
+                return
             event("content_block_delta", {"type": "content_block_delta", "index": 0,
                                           "delta": {"type": "text_delta", "text": text}})
         event("content_block_stop", {"type": "content_block_stop", "index": 0})
@@ -151,7 +154,8 @@ class FakeProviders:
 
     def _openai(self, h: Any, body: dict[str, Any], plan: Plan) -> None:
         if plan.status != 200:
-            return self._error(h, plan, False)
+            self._error(h, plan, False)
+            return
         model = body["model"]
         prompt = plan.input_tokens + plan.cache_read_input_tokens
         usage = {"prompt_tokens": prompt, "completion_tokens": plan.output_tokens,
@@ -159,11 +163,12 @@ class FakeProviders:
                  "prompt_tokens_details": {"cached_tokens": plan.cache_read_input_tokens}}
         cid = f"chatcmpl-{len(self.requests)}"
         if not body.get("stream"):
-            return h._json(200, {
+            h._json(200, {
                 "id": cid, "object": "chat.completion", "created": 1, "model": model,
                 "choices": [{"index": 0, "finish_reason": "stop", "message": {
                     "role": "assistant", "content": "".join(plan.chunks)}}],
                 "usage": usage})
+            return
         self._sse_start(h)
 
         def chunk(choices: list[Any], u: Any = None) -> None:
@@ -173,7 +178,8 @@ class FakeProviders:
 
         for i, text in enumerate(plan.chunks):
             if plan.cut_after is not None and i >= plan.cut_after:
-                return self._cut(h)
+                self._cut(h)
+                return
             chunk([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
         chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}])
         if (body.get("stream_options") or {}).get("include_usage"):

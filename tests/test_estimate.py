@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from budgetd_client import estimate as est
 
 TEXTS = [
@@ -54,8 +53,9 @@ def test_shipped_cl100k_matches_tiktokens_published_hash() -> None:
     path = est.shipped_path("cl100k_base")
     assert path is not None
     digest = hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
-    import tiktoken_ext.openai_public as pub
     import inspect
+
+    import tiktoken_ext.openai_public as pub  # type: ignore[import-untyped]
     # tiktoken's own constructor names the same hash for the same file.
     assert f'expected_hash="{digest}"' in inspect.getsource(pub.cl100k_base)
     assert digest == est.SHA256["cl100k_base"]

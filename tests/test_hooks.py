@@ -11,24 +11,23 @@ import time
 import anthropic
 import openai
 import pytest
-from conftest import Budgetd
-from fake_providers import FakeProviders, Plan
-from helpers import TEST_MODEL, TEST_SMALL
-from hooks_support import MESSAGES, SCOPE, b, cost, counters, fake, settled
-
 from budgetd.config import Settings
 from budgetd.server import ServerThread
 from budgetd_client import BudgetClient, BudgetExceeded, BudgetUnavailable, CallPolicy
 from budgetd_client.estimate import count_tokens, estimate_input_tokens
 from budgetd_client.hooks import Budget
 from budgetd_client.integrations import guard
+from conftest import Budgetd
+from fake_providers import FakeProviders, Plan
+from helpers import TEST_MODEL, TEST_SMALL
+from hooks_support import MESSAGES, SCOPE, b, cost, counters, fake, settled
 
 __all__ = ["b", "fake"]  # fixtures
 
 
 def budget_of(bd: Budgetd, **kw: object) -> Budget:
     kw.setdefault("max_delay_s", 5.0)  # a shared 2-core box: no flaky deadlines here
-    return Budget(bd.client, **kw)  # type: ignore[arg-type]
+    return Budget(bd.client, **kw)  # type: ignore[arg-type,unused-ignore]
 
 
 def claude(fake: FakeProviders) -> anthropic.Anthropic:

