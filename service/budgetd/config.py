@@ -26,6 +26,12 @@ class Settings:
     drain_s: float = 10.0
     log_level: str = "INFO"
     log_format: str = "json"
+    # Alerts are POSTed here (Slack-compatible JSON); empty: no webhook.
+    webhook_url: str = ""
+    webhook_timeout_s: float = 5.0
+    webhook_max_attempts: int = 6
+    webhook_backoff_s: float = 0.5
+    webhook_poll_interval_s: float = 1.0
 
 
 _FLAGS: list[tuple[str, str, type, str]] = [
@@ -39,6 +45,15 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("drain_s", "BUDGETD_DRAIN_S", float, "graceful shutdown drain time (s)"),
     ("log_level", "BUDGETD_LOG_LEVEL", str, "DEBUG, INFO, WARNING, ERROR"),
     ("log_format", "BUDGETD_LOG_FORMAT", str, "json or text"),
+    ("webhook_url", "BUDGETD_WEBHOOK_URL", str,
+     "POST alerts here (Slack-compatible JSON); empty: no webhook"),
+    ("webhook_timeout_s", "BUDGETD_WEBHOOK_TIMEOUT_S", float, "timeout of one webhook POST (s)"),
+    ("webhook_max_attempts", "BUDGETD_WEBHOOK_MAX_ATTEMPTS", int,
+     "POST attempts per alert before it waits for the next poll"),
+    ("webhook_backoff_s", "BUDGETD_WEBHOOK_BACKOFF_S", float,
+     "first retry delay (s), doubled per attempt"),
+    ("webhook_poll_interval_s", "BUDGETD_WEBHOOK_POLL_INTERVAL_S", float,
+     "how often the alert streams are read for the webhook (s)"),
 ]
 
 

@@ -26,6 +26,7 @@ from budgetd.config import Settings
 from budgetd.embedded import EmbeddedRedis
 from budgetd.ledger import Ledger, PricingSource
 from budgetd.service import BudgetAdminService, BudgetService
+from budgetd.webhook import WebhookConfig, WebhookSender
 from budgetd_client._proto.budget.v1 import admin_pb2, admin_pb2_grpc, budget_pb2, budget_pb2_grpc
 
 log = logging.getLogger("budgetd.server")
@@ -85,7 +86,10 @@ class App:
         ])
         budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetService(self.ledger),
                                                             self.server)
-        admin_pb2_grpc.add_BudgetAdminServiceServicer_to_server(BudgetAdminService(admin),
+        # A blocking XREAD must return before the Redis socket timeout.
+        self.admin_service = BudgetAdminService(
+            admin, watch_block_ms=int(s.redis_timeout_s * 1000 / 2))
+        admin_pb2_grpc.add_BudgetAdminServiceServicer_to_server(self.admin_service,
                                                                 self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -100,6 +104,14 @@ class App:
         await self.server.start()
         self._tasks = [asyncio.create_task(self._sweep_loop()),
                        asyncio.create_task(self._health_loop())]
+        self.webhook: WebhookSender | None = None
+        if s.webhook_url:
+            self.webhook = WebhookSender(self.redis, WebhookConfig(
+                url=s.webhook_url, timeout_s=s.webhook_timeout_s,
+                max_attempts=s.webhook_max_attempts, backoff_s=s.webhook_backoff_s,
+                poll_interval_s=s.webhook_poll_interval_s))
+            self._tasks.append(asyncio.create_task(self.webhook.run()))
+            log.info("alert webhook enabled")  # Never the URL: it often holds a secret.
         log.info("budgetd serving", extra={"listen": s.listen, "port": self.port})
 
     async def _redis_ok(self) -> bool:
@@ -135,6 +147,7 @@ class App:
 
     async def stop(self, grace_s: float | None = None) -> None:
         if self.server is not None:
+            self.admin_service.shutdown()
             with contextlib.suppress(Exception):
                 await self.health.enter_graceful_shutdown()
             await self.server.stop(self.settings.drain_s if grace_s is None else grace_s)
