@@ -4,6 +4,7 @@ gRPC statuses; Redis failures become UNAVAILABLE."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,8 +16,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from budgetd import validate as v
 from budgetd import reports
+from budgetd import validate as v
 from budgetd.admin import Admin, Rule, check_rule
 from budgetd.alerts import (
     MAX_WATCHERS,
@@ -262,10 +263,21 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
         # status by @rpc); the loop maps Redis errors itself.
         org, cursor = await self._watch_start(request, context)
         self.watchers += 1
+        closing = asyncio.ensure_future(self.closing.wait())
         try:
             while not self.closing.is_set() and not context.done():
+                read = asyncio.ensure_future(
+                    self.alerts.read(org, cursor, self.watch_block_ms))
+                # Shutdown ends the stream at once (status OK), not after the
+                # current blocking read nor by cancellation at the grace end.
+                await asyncio.wait({read, closing}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    read.cancel()
+                    with contextlib.suppress(BaseException):
+                        await read
+                    return
                 try:
-                    got = await self.alerts.read(org, cursor, self.watch_block_ms)
+                    got = read.result()
                 except RedisError as e:
                     log.warning("WatchAlerts read failed: %s", e)
                     await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
@@ -274,6 +286,7 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
                     cursor = a.id
                     yield apb.WatchAlertsResponse(alert=a.to_pb())
         finally:
+            closing.cancel()
             self.watchers -= 1
 
     @rpc

@@ -85,7 +85,7 @@ def post_json(url: str, body: dict[str, Any], timeout_s: float) -> int:
                                  headers={"Content-Type": "application/json",
                                           "User-Agent": "budgetd-webhook"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as e:
         raise WebhookError(f"HTTP {e.code}") from None
