@@ -139,8 +139,9 @@ def test_alerts_fire_again_in_the_next_window_only(b: Budgetd, r: redis.Redis) -
     b.clock.set_ms(ms(T0 + dt.timedelta(days=1)))
     nxt = b.client.reserve("acme", TEST_MODEL, tokens=60, cost_micros=1)
     assert [(a.window, a.window_id) for a in nxt.raw.alerts] == [(pb.WINDOW_DAY, "2027-03-16")]
-    ttl = r.ttl("bd:{acme}:fired:d20270316")
-    assert 36 * 86400 < ttl <= 38 * 86400  # kept as long as the day's counters
+    # Markers live exactly as long as the window's counters (EXPIREAT).
+    assert r.expiretime("bd:{acme}:fired:d20270316") == r.expiretime("bd:{acme}:w:d20270316")
+    assert r.expiretime("bd:{acme}:fired:m202703") == r.expiretime("bd:{acme}:w:m202703") > 0
 
 
 def test_reconcile_and_record_return_the_alerts_they_cross(b: Budgetd, r: redis.Redis) -> None:
