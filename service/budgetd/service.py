@@ -22,6 +22,7 @@ from budgetd.admin import Admin, Rule, check_rule
 from budgetd.alerts import (
     MAX_WATCHERS,
     WATCH_BLOCK_MAX_MS,
+    Alert,
     AlertReader,
     alerts_of,
     check_after_id,
@@ -264,6 +265,7 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
         org, cursor = await self._watch_start(request, context)
         self.watchers += 1
         closing = asyncio.ensure_future(self.closing.wait())
+        read: asyncio.Future[list[Alert]] | None = None
         try:
             while not self.closing.is_set() and not context.done():
                 read = asyncio.ensure_future(
@@ -286,7 +288,13 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
                     cursor = a.id
                     yield apb.WatchAlertsResponse(alert=a.to_pb())
         finally:
+            # The caller may leave mid-read (the RPC is cancelled): stop the
+            # blocking read too, or it outlives the stream.
             closing.cancel()
+            if read is not None and not read.done():
+                read.cancel()
+                with contextlib.suppress(BaseException):
+                    await read
             self.watchers -= 1
 
     @rpc
