@@ -13,15 +13,14 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import T0, Budgetd, keyspace, ms
-from helpers import TEST_MODEL, set_test_pricing
-
 from budgetd.clock import ManualClock
 from budgetd.config import Settings
 from budgetd.embedded import EmbeddedRedis
 from budgetd.server import ServerThread
 from budgetd_client import AdminClient, Alert, CallPolicy, InvalidRequest, Usage
 from budgetd_client._proto.budget.v1 import budget_pb2 as pb
+from conftest import T0, Budgetd, keyspace, ms
+from helpers import TEST_MODEL, set_test_pricing
 
 STREAM = "bd:{acme}:alerts"
 

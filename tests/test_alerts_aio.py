@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from budgetd_client import Alert, AsyncAdminClient
 from conftest import Budgetd
 from helpers import TEST_MODEL, set_test_pricing
-
-from budgetd_client import Alert, AsyncAdminClient
 
 
 @pytest.fixture()

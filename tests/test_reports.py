@@ -10,11 +10,10 @@ from collections import defaultdict
 import grpc
 import pytest
 import redis
-from conftest import T0, Budgetd, keyspace, ms
-from helpers import TEST_MODEL, TEST_SMALL, set_test_pricing
-
 from budgetd_client import Usage, UsageReport, _ops
 from budgetd_client._proto.budget.v1 import admin_pb2 as apb
+from conftest import T0, Budgetd, keyspace, ms
+from helpers import TEST_MODEL, TEST_SMALL, set_test_pricing
 
 METRICS = ("input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens",
            "cost_micros", "requests", "denials")

@@ -17,15 +17,14 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-from conftest import T0, Budgetd, ms
-from helpers import TEST_MODEL, set_test_pricing
-
 from budgetd.clock import ManualClock
 from budgetd.config import Settings
 from budgetd.embedded import EmbeddedRedis
 from budgetd.server import ServerThread
 from budgetd.webhook import GROUP, WebhookConfig, WebhookSender
 from budgetd_client import AdminClient, BudgetClient, CallPolicy
+from conftest import T0, Budgetd, ms
+from helpers import TEST_MODEL, set_test_pricing
 
 STREAM = "bd:{acme}:alerts"
 

@@ -11,9 +11,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from budgetd_client._proto.budget.v1 import budget_pb2 as pb
+
 from budgetd import windows as w
 from budgetd.errors import InvalidArgument
-from budgetd_client._proto.budget.v1 import budget_pb2 as pb
 
 # Mirrors ALERT_STREAM_MAXLEN in scripts/_lib.lua.
 ALERT_STREAM_MAXLEN = 10_000
