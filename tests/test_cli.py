@@ -3,6 +3,7 @@ subprocess) against a real budgetd and Redis."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -208,16 +209,33 @@ def test_status_shows_used_reserved_remaining_with_bar(budgetd: Budgetd) -> None
     assert (day["used"], day["reserved"], day["remaining"]) == (200, 300, 500)
 
 
-def test_report_and_alerts_watch_args_and_unimplemented(budgetd: Budgetd) -> None:
-    # The server side of these RPCs lands in another change: today the
-    # server answers UNIMPLEMENTED, which must be a clear error, exit 1.
-    for argv in (["report", "acme", "--period", "day", "--group-by", "model", "--csv"],
-                 ["report", "acme"],
-                 ["alerts", "watch", "acme", "--after-id", "1-0", "--count", "1"]):
-        code, _out, err = run(budgetd, *argv)
-        assert code == 1, (argv, err)
-        assert "does not implement" in err and "UNIMPLEMENTED" in err
-        assert "Traceback" not in err
+def test_report_and_alerts_watch(budgetd: Budgetd) -> None:
+    from budgetd_client import Usage
+    from helpers import TEST_MODEL, set_test_pricing
+
+    set_test_pricing(budgetd.admin)
+    budgetd.admin.set_budget("acme", "day", "tokens", 1000, alert_thresholds_percent=[50])
+    for scope, used in (("acme/search", 300), ("acme/search", 100), ("acme/chat", 250)):
+        res = budgetd.client.reserve(scope, TEST_MODEL, input_tokens=used, max_output_tokens=10)
+        budgetd.client.reconcile(res.reservation_id, Usage(input_tokens=used))
+    out = ok(budgetd, "report", "acme", "--period", "day", "--group-by", "team", "--csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    got = {r["group"]: (int(r["input_tokens"]), int(r["cost_micros"]), int(r["requests"]))
+           for r in rows}
+    assert got == {"chat": (250, 250, 1), "search": (400, 400, 2), "TOTAL": (650, 650, 3)}
+    report = json.loads(ok(budgetd, "-o", "json", "report", "acme", "--group-by", "model"))
+    assert [r["group"] for r in report["rows"]] == [TEST_MODEL]
+    assert report["total"]["input_tokens"] == 650
+    table = ok(budgetd, "report", "acme")
+    assert "search" in table and "TOTAL" in table
+
+    # The 50% alert fired once (at 560 of 1000 consumed, with the reservations).
+    code, out, err = run(budgetd, "-o", "json", "alerts", "watch", "acme", "--after-id", "0",
+                         "--count", "1")
+    assert code == 0, err
+    alert = json.loads(out.splitlines()[0])
+    assert (alert["scope"], alert["window"], alert["unit"], alert["threshold_percent"],
+            alert["limit"]) == ("acme", "day", "tokens", 50, 1000)
     for argv, message in ((["report", "acme", "--period", "week"], "invalid choice"),
                           (["report", "acme", "--group-by", "org"], "invalid choice"),
                           (["report", "bad org"], "not a valid id"),

@@ -38,6 +38,12 @@ class Settings:
     auth_tokens_file: str = ""
     # Serve without tokens on a non-loopback address.
     insecure_no_auth: bool = False
+    # Alerts are POSTed here (Slack-compatible JSON); empty: no webhook.
+    webhook_url: str = ""
+    webhook_timeout_s: float = 5.0
+    webhook_max_attempts: int = 6
+    webhook_backoff_s: float = 0.5
+    webhook_poll_interval_s: float = 1.0
 
 
 _FLAGS: list[tuple[str, str, type, str]] = [
@@ -63,6 +69,15 @@ _FLAGS: list[tuple[str, str, type, str]] = [
      "YAML/JSON file of bearer token SHA-256 hashes; empty: no auth, loopback only"),
     ("insecure_no_auth", "BUDGETD_INSECURE_NO_AUTH", bool,
      "serve on a non-loopback address without tokens"),
+    ("webhook_url", "BUDGETD_WEBHOOK_URL", str,
+     "POST alerts here (Slack-compatible JSON); empty: no webhook"),
+    ("webhook_timeout_s", "BUDGETD_WEBHOOK_TIMEOUT_S", float, "timeout of one webhook POST (s)"),
+    ("webhook_max_attempts", "BUDGETD_WEBHOOK_MAX_ATTEMPTS", int,
+     "POST attempts per alert before it waits for the next poll"),
+    ("webhook_backoff_s", "BUDGETD_WEBHOOK_BACKOFF_S", float,
+     "first retry delay (s), doubled per attempt"),
+    ("webhook_poll_interval_s", "BUDGETD_WEBHOOK_POLL_INTERVAL_S", float,
+     "how often the alert streams are read for the webhook (s)"),
 ]
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -31,6 +31,7 @@ from budgetd.interceptors import ServerInterceptor
 from budgetd.ledger import Ledger, PricingSource
 from budgetd.service import BudgetAdminService, BudgetService
 from budgetd.tls import server_credentials
+from budgetd.webhook import WebhookConfig, WebhookSender
 
 log = logging.getLogger("budgetd.server")
 
@@ -97,7 +98,10 @@ class App:
         ], interceptors=[ServerInterceptor(authorizer, metrics.TeamLabels(s.metrics_per_team))])
         budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetService(self.ledger),
                                                             self.server)
-        admin_pb2_grpc.add_BudgetAdminServiceServicer_to_server(BudgetAdminService(admin),
+        # A blocking XREAD must return before the Redis socket timeout.
+        self.admin_service = BudgetAdminService(
+            admin, watch_block_ms=int(s.redis_timeout_s * 1000 / 2))
+        admin_pb2_grpc.add_BudgetAdminServiceServicer_to_server(self.admin_service,
                                                                 self.server)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -119,6 +123,14 @@ class App:
                                                "port": self.metrics_server.port})
         self._tasks = [asyncio.create_task(self._sweep_loop()),
                        asyncio.create_task(self._health_loop())]
+        self.webhook: WebhookSender | None = None
+        if s.webhook_url:
+            self.webhook = WebhookSender(self.redis, WebhookConfig(
+                url=s.webhook_url, timeout_s=s.webhook_timeout_s,
+                max_attempts=s.webhook_max_attempts, backoff_s=s.webhook_backoff_s,
+                poll_interval_s=s.webhook_poll_interval_s))
+            self._tasks.append(asyncio.create_task(self.webhook.run()))
+            log.info("alert webhook enabled")  # Never the URL: it often holds a secret.
         log.info("budgetd serving", extra={"listen": s.listen, "port": self.port,
                                            "tls": creds is not None,
                                            "mtls": bool(s.tls_client_ca_file),
@@ -161,6 +173,7 @@ class App:
             await asyncio.to_thread(self.metrics_server.stop)
             self.metrics_server = None
         if self.server is not None:
+            self.admin_service.shutdown()
             with contextlib.suppress(Exception):
                 await self.health.enter_graceful_shutdown()
             await self.server.stop(self.settings.drain_s if grace_s is None else grace_s)

@@ -3,9 +3,11 @@ gRPC statuses; Redis failures become UNAVAILABLE."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -18,12 +20,21 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from budgetd import reports
 from budgetd import validate as v
 from budgetd.admin import Admin, Rule, check_rule
-from budgetd.errors import BudgetdError, InvalidArgument
+from budgetd.alerts import (
+    MAX_WATCHERS,
+    WATCH_BLOCK_MAX_MS,
+    Alert,
+    AlertReader,
+    alerts_of,
+    check_after_id,
+)
+from budgetd.errors import BudgetdError, InvalidArgument, ResourceExhausted
 from budgetd.ledger import Ledger, ScopePath, reservation_id
 from budgetd.pricing import InvalidPricingError, ModelPricing
-from budgetd.windows import window_label
+from budgetd.windows import window_label, windows_at
 
 log = logging.getLogger("budgetd.service")
 
@@ -97,6 +108,7 @@ def reserve_response(org: str, request_id: str, d: dict[str, Any]) -> pb.Reserve
             scope=scope_pb(c["path"]), window=WINDOW_TO_PB[c["w"]], unit=UNIT_TO_PB[c["u"]],
             mode=MODE_TO_PB[c["mode"]], limit=int(c["limit"]), used=int(c["used"]),
             reserved=int(c["reserved"]), requested=int(c["requested"])))
+    out.alerts.extend(a.to_pb() for a in alerts_of(d))
     if d["decision"] == "allowed":
         out.decision = pb.DECISION_ALLOWED
         out.reservation_id = reservation_id(org, request_id)
@@ -139,7 +151,8 @@ class BudgetService(pb_grpc.BudgetServiceServicer):
             state=STATE_TO_PB[d["state"]], late=bool(d["late"]),
             reserved=pb.Amount(tokens=int(d["tokens"]), cost_micros=int(d["cost"])),
             actual=pb.Amount(tokens=int(d["actual_tokens"]),
-                             cost_micros=int(d["actual_cost"])))
+                             cost_micros=int(d["actual_cost"])),
+            alerts=[a.to_pb() for a in alerts_of(d)])
 
     @rpc
     async def Release(self, request: pb.ReleaseRequest,
@@ -156,7 +169,8 @@ class BudgetService(pb_grpc.BudgetServiceServicer):
         req = v.record(request)
         d = (await self.ledger.record(req)).data
         return pb.RecordResponse(recorded=pb.Amount(tokens=int(d["tokens"]),
-                                                    cost_micros=int(d["cost"])))
+                                                    cost_micros=int(d["cost"])),
+                                 alerts=[a.to_pb() for a in alerts_of(d)])
 
     @rpc
     async def GetBudget(self, request: pb.GetBudgetRequest,
@@ -196,9 +210,104 @@ def _window_unit(window: int, unit: int, prefix: str) -> tuple[str, str]:
     return WINDOW_FROM_PB[window], UNIT_FROM_PB[unit]
 
 
+PERIOD_FROM_PB = {apb.PERIOD_DAY: "d", apb.PERIOD_MONTH: "m"}
+GROUP_FROM_PB = {apb.GROUP_BY_TEAM: "team", apb.GROUP_BY_FEATURE: "feature",
+                 apb.GROUP_BY_MODEL: "model"}
+
+
+def usage_row_pb(r: reports.Row) -> apb.UsageRow:
+    return apb.UsageRow(
+        group=r.group, input_tokens=r.input_tokens, output_tokens=r.output_tokens,
+        cache_write_tokens=r.cache_write_tokens, cache_read_tokens=r.cache_read_tokens,
+        cost_micros=r.cost_micros, requests=r.requests, denials=r.denials,
+        shadow_denials=r.shadow_denials)
+
+
 class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
-    def __init__(self, admin: Admin) -> None:
+    def __init__(self, admin: Admin, watch_block_ms: int = 1000) -> None:
         self.admin = admin
+        self.alerts = AlertReader(admin.redis)
+        # Below the Redis socket timeout, or a quiet stream reads as an outage.
+        self.watch_block_ms = max(10, min(watch_block_ms, WATCH_BLOCK_MAX_MS))
+        self.watchers = 0
+        self.closing = asyncio.Event()
+
+    def shutdown(self) -> None:
+        """Ends every WatchAlerts stream after its current read."""
+        self.closing.set()
+
+    @rpc
+    async def GetUsageReport(self, request: apb.GetUsageReportRequest,
+                             context: Ctx) -> apb.GetUsageReportResponse:
+        org = v.check_id("org", request.org)
+        if request.period not in PERIOD_FROM_PB:
+            raise InvalidArgument("period", "must be PERIOD_DAY or PERIOD_MONTH")
+        if request.group_by not in GROUP_FROM_PB:
+            raise InvalidArgument("group_by",
+                                  "must be GROUP_BY_TEAM, GROUP_BY_FEATURE or GROUP_BY_MODEL")
+        period = PERIOD_FROM_PB[request.period]
+        group_by = GROUP_FROM_PB[request.group_by]
+        if request.period_id:
+            wid = reports.window_id_of(period, request.period_id)
+        else:
+            ledger = self.admin.ledger
+            win = windows_at(ledger.clock.now_ms(), await ledger.org_tz(org, fresh=True))
+            wid = win.day_id if period == "d" else win.month_id
+        rep = await reports.usage_report(self.admin.redis, org, wid, group_by)
+        return apb.GetUsageReportResponse(
+            org=org, period=request.period, period_id=window_label(wid),
+            group_by=request.group_by, rows=[usage_row_pb(r) for r in rep.rows],
+            total=usage_row_pb(rep.total))
+
+    async def WatchAlerts(self, request: apb.WatchAlertsRequest,
+                          context: Ctx
+                          ) -> AsyncIterator[apb.WatchAlertsResponse]:
+        # Validation and the first read go through _watch_start (mapped to a
+        # status by @rpc); the loop maps Redis errors itself.
+        org, cursor = await self._watch_start(request, context)
+        self.watchers += 1
+        closing = asyncio.ensure_future(self.closing.wait())
+        read: asyncio.Future[list[Alert]] | None = None
+        try:
+            while not self.closing.is_set() and not context.done():
+                read = asyncio.ensure_future(
+                    self.alerts.read(org, cursor, self.watch_block_ms))
+                # Shutdown ends the stream at once (status OK), not after the
+                # current blocking read nor by cancellation at the grace end.
+                await asyncio.wait({read, closing}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    read.cancel()
+                    with contextlib.suppress(BaseException):
+                        await read
+                    return
+                try:
+                    got = read.result()
+                except RedisError as e:
+                    log.warning("WatchAlerts read failed: %s", e)
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
+                    return
+                for a in got:
+                    cursor = a.id
+                    yield apb.WatchAlertsResponse(alert=a.to_pb())
+        finally:
+            # The caller may leave mid-read (the RPC is cancelled): stop the
+            # blocking read too, or it outlives the stream.
+            closing.cancel()
+            if read is not None and not read.done():
+                read.cancel()
+                with contextlib.suppress(BaseException):
+                    await read
+            self.watchers -= 1
+
+    @rpc
+    async def _watch_start(self, request: apb.WatchAlertsRequest,
+                           context: Ctx) -> tuple[str, str]:
+        org = v.check_id("org", request.org)
+        after = check_after_id("after_id", request.after_id)
+        if self.watchers >= MAX_WATCHERS:
+            raise ResourceExhausted(f"org: {MAX_WATCHERS} alert watchers already connected; "
+                                    "retry later", "org")
+        return org, after or await self.alerts.last_id(org)
 
     @rpc
     async def SetBudget(self, request: apb.SetBudgetRequest,

@@ -185,7 +185,7 @@ class RuleCrossing(_message.Message):
     def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., window: _Optional[_Union[Window, str]] = ..., unit: _Optional[_Union[Unit, str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., limit: _Optional[int] = ..., used: _Optional[int] = ..., reserved: _Optional[int] = ..., requested: _Optional[int] = ...) -> None: ...
 
 class Alert(_message.Message):
-    __slots__ = ("id", "scope", "window", "unit", "mode", "threshold_percent", "limit", "consumed", "window_id", "fired_at", "request_id")
+    __slots__ = ("id", "scope", "window", "unit", "mode", "threshold_percent", "limit", "consumed", "window_id", "fired_at", "request_id", "kind")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +197,7 @@ class Alert(_message.Message):
     WINDOW_ID_FIELD_NUMBER: _ClassVar[int]
     FIRED_AT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     id: str
     scope: Scope
     window: Window
@@ -208,7 +209,8 @@ class Alert(_message.Message):
     window_id: str
     fired_at: _timestamp_pb2.Timestamp
     request_id: str
-    def __init__(self, id: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., window: _Optional[_Union[Window, str]] = ..., unit: _Optional[_Union[Unit, str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., threshold_percent: _Optional[int] = ..., limit: _Optional[int] = ..., consumed: _Optional[int] = ..., window_id: _Optional[str] = ..., fired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    kind: str
+    def __init__(self, id: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., window: _Optional[_Union[Window, str]] = ..., unit: _Optional[_Union[Unit, str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., threshold_percent: _Optional[int] = ..., limit: _Optional[int] = ..., consumed: _Optional[int] = ..., window_id: _Optional[str] = ..., fired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
     __slots__ = ("request_id", "scope", "model", "estimate", "ttl_seconds", "fallback_models", "batch")
