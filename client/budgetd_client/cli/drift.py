@@ -51,6 +51,7 @@ def register(sub: Any, add: Callable[..., Any]) -> None:
     p.add_argument("-f", "--file", required=True,
                    help="budgets.yaml with orgs.<org>.providers (see docs/drift.md)")
     p.add_argument("--org", help="the org, when several orgs map the provider")
+    p.add_argument("--until", help="last UTC day to compare, YYYY-MM-DD (default: today)")
     p.add_argument("--threshold-percent", type=float, default=DEFAULT_THRESHOLD_PERCENT,
                    help="exit 4 when a row drifts more than this (default 1.0)")
     p.add_argument("--format", choices=["table", "csv", "json"],
@@ -97,7 +98,11 @@ def cmd_drift(ctx: Ctx) -> int:
         pm = mp.load(ap.load_data(ns.file), ns.provider, ns.org, ns.file)
     except (ap.SpecError, mp.MappingError) as e:
         raise DriftExit(2, str(e)) from None
-    today = dt.datetime.now(dt.timezone.utc).date()
+    try:
+        today = (dt.date.fromisoformat(ns.until) if ns.until
+                 else dt.datetime.now(dt.timezone.utc).date())
+    except ValueError:
+        raise DriftExit(2, f"--until: {ns.until!r} is not YYYY-MM-DD") from None
     try:
         start, end = month_range(ns.month, today)
     except ValueError as e:
