@@ -61,7 +61,7 @@ class _Handler(BaseHTTPRequestHandler):
                ) -> None:
         self._send(status, {"type": "error", "error": {"type": kind, "message": msg}}, headers)
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         fx = self.server.fixture
         url = urllib.parse.urlsplit(self.path)
         q = urllib.parse.parse_qsl(url.query)

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import pytest
+from budgetd_client.cli.main import main
 from conftest import Budgetd
 from fake_admin_api import (
     ANTHROPIC_KEY,
@@ -21,8 +22,6 @@ from fake_admin_api import (
     openai_result,
 )
 from helpers import TEST_MODEL, set_test_pricing
-
-from budgetd_client.cli.main import main
 
 D1, D2, D3 = dt.date(2027, 3, 1), dt.date(2027, 3, 2), dt.date(2027, 3, 3)
 MAPPING = """
@@ -280,3 +279,44 @@ def test_apply_accepts_and_checks_the_providers_section(budgetd: Budgetd,
     assert main(["--server", budgetd.address, "apply", "-f", str(bad)], out=io.StringIO(),
                 err=err) == 2
     assert "orgs.acme.providers.anthropic.api_keys.apikey_rerank" in err.getvalue()
+
+
+def test_scheduled_check_raises_a_drift_alert_once(
+        budgetd: Budgetd, r: Any, redis_server: Any, mapping_file: str) -> None:
+    """The server's scheduled mode (off by default), with a short interval:
+    drift above the threshold becomes one "drift" alert on the org's stream,
+    served by WatchAlerts; a later run does not repeat it."""
+    from conftest import T0, ms
+
+    from budgetd.clock import ManualClock
+    from budgetd.config import Settings
+    from budgetd.server import ServerThread
+
+    assert Settings().drift_provider == ""  # off by default
+    set_test_pricing(budgetd.admin)
+    # budgetd saw 2000 of the 3000 tokens' worth: 1000 of 3000 micro-USD missing.
+    record(budgetd, "acme/search", D3, "s1", input_tokens=2000)
+    fx = Fixture(openai_usage={D3: [openai_result(TEST_MODEL, "proj_search", None,
+                                                  input_tokens=2000, output=500)]})
+    with FakeAdminAPI(fx) as api:
+        settings = Settings(listen="127.0.0.1:0", redis_url=redis_server.url,
+                            redis_timeout_s=5.0, drift_provider="openai",
+                            drift_mapping_file=mapping_file, drift_interval_s=0.2,
+                            drift_threshold_percent=5.0, drift_base_url=api.url)
+        thread = ServerThread(settings, ManualClock(ms(T0))).start()
+        b = Budgetd(thread, thread.app.clock)  # type: ignore[arg-type]
+        try:
+            alerts = list(b.admin.watch_alerts("acme", after_id="0", timeout_s=5))
+            drift_alerts = [a for a in alerts if a.kind == "drift"]
+            assert len(drift_alerts) == 1
+            a = drift_alerts[0]
+            assert str(a.scope) == "acme/search" and a.window_id == "2027-03-03"
+            assert a.unit == "cost_micros" and a.limit == 3000 and a.consumed == 2000
+            assert a.threshold_percent == 34 and a.request_id == f"drift:openai:{TEST_MODEL}"
+            n_requests = len(fx.requests)
+            time.sleep(0.6)  # more runs
+            assert len(fx.requests) > n_requests
+            kinds = [e[1][b"kind"] for e in r.xrange("bd:{acme}:alerts")]
+            assert kinds.count(b"drift") == 1
+        finally:
+            b.close()
