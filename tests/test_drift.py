@@ -286,11 +286,10 @@ def test_scheduled_check_raises_a_drift_alert_once(
     """The server's scheduled mode (off by default), with a short interval:
     drift above the threshold becomes one "drift" alert on the org's stream,
     served by WatchAlerts; a later run does not repeat it."""
-    from conftest import T0, ms
-
     from budgetd.clock import ManualClock
     from budgetd.config import Settings
     from budgetd.server import ServerThread
+    from conftest import T0, ms
 
     assert Settings().drift_provider == ""  # off by default
     set_test_pricing(budgetd.admin)
