@@ -4,6 +4,7 @@ in how they run an Op."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -59,9 +60,11 @@ def release(reservation_id: str) -> Op[Settlement]:
 
 
 def record(scope: ScopeLike, model: str, usage: Any, *, request_id: str | None = None,
-           cost_micros: int | None = None, batch: bool = False) -> Op[Recorded]:
+           cost_micros: int | None = None, batch: bool = False,
+           occurred_at: dt.datetime | None = None) -> Op[Recorded]:
+    """occurred_at (aware datetime): charge past usage to that time's windows."""
     return Op("budget", "Record", _build.record(scope, model, usage, request_id, cost_micros,
-                                                batch),
+                                                batch, occurred_at),
               lambda r: Recorded(r.recorded.tokens, r.recorded.cost_micros, r))
 
 
@@ -110,7 +113,8 @@ def get_pricing(model: str = "") -> Op[list[apb.ModelPricing]]:
 
 def get_usage_report(org: str, period: str = "month", group_by: str = "team",
                      period_id: str = "") -> Op[UsageReport]:
-    """period 'day' | 'month'; group_by 'team' | 'feature' | 'model';
+    """period 'day' | 'month'; group_by 'team' | 'feature' | 'model' | 'scope_model'
+    (rows "team/feature|model");
     period_id '2026-11-25' or '2026-11', empty: the current one."""
     if period not in PERIODS:
         raise ValueError(f"period {period!r}: expected one of {sorted(PERIODS)}")

@@ -249,7 +249,7 @@ class Rule:
 
 PERIODS = {"day": apb.PERIOD_DAY, "month": apb.PERIOD_MONTH}
 GROUP_BY = {"team": apb.GROUP_BY_TEAM, "feature": apb.GROUP_BY_FEATURE,
-            "model": apb.GROUP_BY_MODEL}
+            "model": apb.GROUP_BY_MODEL, "scope_model": apb.GROUP_BY_SCOPE_MODEL}
 _PERIOD_NAMES = {v: k for k, v in PERIODS.items()}
 _GROUP_NAMES = {v: k for k, v in GROUP_BY.items()}
 

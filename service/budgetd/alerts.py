@@ -24,7 +24,7 @@ WATCH_BLOCK_MAX_MS = 5_000
 # Blocking reads hold a Redis connection each: bound the concurrent watchers.
 MAX_WATCHERS = 64
 
-KINDS = ("threshold", "soft_over_limit", "shadow_would_deny")
+KINDS = ("threshold", "soft_over_limit", "shadow_would_deny", "drift")
 _STREAM_ID_RE = re.compile(r"^[0-9]{1,20}(-[0-9]{1,20})?$")
 _W = {"d": pb.WINDOW_DAY, "m": pb.WINDOW_MONTH}
 _U = {"t": pb.UNIT_TOKENS, "c": pb.UNIT_COST_MICROS}
@@ -98,6 +98,12 @@ class Alert:
         window = "day" if self.window == "d" else "month"
         unit = "tokens" if self.unit == "t" else "micro-USD"
         label = w.window_label(self.window_id)
+        if self.kind == "drift":
+            # limit: the provider's amount, consumed: budgetd's, request_id:
+            # drift:<provider>:<model> (service/budgetd/drift.py).
+            return (f"budgetd: {self.path} drifts {self.threshold_percent}% from "
+                    f"{self.request_id} on {label}: provider {self.limit}, budgetd "
+                    f"{self.consumed} {unit}")
         if self.kind == "threshold":
             what = f"reached {self.threshold_percent}% of its {window} budget"
         elif self.kind == "soft_over_limit":

@@ -44,6 +44,13 @@ class Settings:
     webhook_max_attempts: int = 6
     webhook_backoff_s: float = 0.5
     webhook_poll_interval_s: float = 1.0
+    # Scheduled drift check (docs/drift.md); empty provider: off.
+    drift_provider: str = ""
+    drift_mapping_file: str = ""
+    drift_org: str = ""
+    drift_interval_s: float = 86_400.0
+    drift_threshold_percent: float = 1.0
+    drift_base_url: str = ""
 
 
 _FLAGS: list[tuple[str, str, type, str]] = [
@@ -78,6 +85,17 @@ _FLAGS: list[tuple[str, str, type, str]] = [
      "first retry delay (s), doubled per attempt"),
     ("webhook_poll_interval_s", "BUDGETD_WEBHOOK_POLL_INTERVAL_S", float,
      "how often the alert streams are read for the webhook (s)"),
+    ("drift_provider", "BUDGETD_DRIFT_PROVIDER", str,
+     "scheduled drift check against anthropic or openai (admin key from "
+     "ANTHROPIC_ADMIN_KEY / OPENAI_ADMIN_KEY); empty: off"),
+    ("drift_mapping_file", "BUDGETD_DRIFT_MAPPING_FILE", str,
+     "budgets YAML with orgs.<org>.providers (the file budgetctl apply reads)"),
+    ("drift_org", "BUDGETD_DRIFT_ORG", str, "the org, when several orgs map the provider"),
+    ("drift_interval_s", "BUDGETD_DRIFT_INTERVAL_S", float, "how often the check runs (s)"),
+    ("drift_threshold_percent", "BUDGETD_DRIFT_THRESHOLD_PERCENT", float,
+     "alert when a day/scope/model drifts more than this percent"),
+    ("drift_base_url", "BUDGETD_DRIFT_BASE_URL", str,
+     "the provider API base URL; empty: the provider's own"),
 ]
 
 _TRUE = {"1", "true", "yes", "on"}

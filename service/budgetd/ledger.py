@@ -26,6 +26,7 @@ from budgetd.limits import (
     DENIED_RETENTION_S,
     EXPIRE_BATCH,
     MAX_REQUEST_COST_MICROS,
+    MONTH_RETENTION_S,
     RECORD_RETENTION_S,
 )
 from budgetd.pricing import PriceTable, PricingError, UnknownModelError, UsageTokens
@@ -94,6 +95,14 @@ class RecordInput:
     usage: UsageTokens
     cost_micros: int | None = None
     batch: bool = False
+    # Past usage (imports): charged to the windows of this time; None: now.
+    occurred_ms: int | None = None
+
+
+# Record.occurred_at: how far back (the month counters' retention) and ahead
+# (clock skew) a recorded usage may be dated.
+MAX_RECORD_AGE_MS = MONTH_RETENTION_S * 1000
+MAX_RECORD_AHEAD_MS = 60_000
 
 
 @dataclass(slots=True)
@@ -331,17 +340,24 @@ class Ledger:
         org = req.scope.org
         await self.pricing.refresh()
         now_ms = self.clock.now_ms()
+        at_ms = now_ms
+        if req.occurred_ms is not None:
+            if not now_ms - MAX_RECORD_AGE_MS <= req.occurred_ms <= now_ms + MAX_RECORD_AHEAD_MS:
+                raise InvalidArgument("occurred_at", "must be within the last "
+                                      f"{MAX_RECORD_AGE_MS // 86_400_000} days, not in the future")
+            at_ms = req.occurred_ms
         if req.cost_micros is not None:
             cost = req.cost_micros
         else:
-            cost = self._price(self.pricing.table(), req.model, "model", req.usage, now_ms,
+            cost = self._price(self.pricing.table(), req.model, "model", req.usage, at_ms,
                                req.batch)
         await self._note_org(org)
         tz = await self.org_tz(org)
         ukey = usage_key(req.usage) + (f":{req.cost_micros}" if req.cost_micros is not None
-                                       else "") + (":b" if req.batch else "")
+                                       else "") + (":b" if req.batch else "") + (
+            f"@{req.occurred_ms}" if req.occurred_ms is not None else "")
         for _ in range(2):
-            win = w.windows_at(now_ms, tz)
+            win = w.windows_at(at_ms, tz)
             paths = req.scope.paths
             keys = [w.request_key(org, req.request_id), w.settings_key(org),
                     w.window_key(org, win.day_id), w.window_key(org, win.month_id),

@@ -2,7 +2,8 @@
 one hash per org and window, read with one HGETALL, never a keyspace scan.
 
   bd:{org}:rep:<window_id>  hash  "<g>|<group>|<metric>" -> integer
-    g: t (team), f (team or team/feature), m (model)
+    g: t (team), f (team or team/feature), m (model),
+       sm ("team/feature|model": per scope and model, for the drift check)
     metric: i o cw cr (tokens by kind), c (cost micros), n (requests),
             d (denials), s (allowed, but a SHADOW rule would have denied)
   EXPIREAT like the window counters: day + 36 days, month + 400 days, so
@@ -19,7 +20,7 @@ from typing import Any
 from budgetd import windows as w
 from budgetd.errors import InvalidArgument, ResourceExhausted
 
-GROUPS = {"team": "t", "feature": "f", "model": "m"}
+GROUPS = {"team": "t", "feature": "f", "model": "m", "scope_model": "sm"}
 METRICS = ("i", "o", "cw", "cr", "c", "n", "d", "s")
 # A report hash holds at most this many fields before we refuse to build a
 # response from it (bounded memory and message size; ~ 8 metrics x 3 groups

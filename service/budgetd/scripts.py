@@ -57,6 +57,7 @@ class Scripts:
         self.settle = Script("settle")
         self.record = Script("record")
         self.expire = Script("expire")
+        self.drift_alert = Script("drift_alert")
 
     def all(self) -> list[Script]:
-        return [self.reserve, self.settle, self.record, self.expire]
+        return [self.reserve, self.settle, self.record, self.expire, self.drift_alert]

@@ -26,6 +26,7 @@ from budgetd.admin import Admin
 from budgetd.auth import Authorizer, check_protected_mode, load_tokens
 from budgetd.clock import Clock, SystemClock
 from budgetd.config import Settings
+from budgetd.drift import DriftChecker, DriftConfig
 from budgetd.embedded import EmbeddedRedis
 from budgetd.interceptors import ServerInterceptor
 from budgetd.ledger import Ledger, PricingSource
@@ -91,6 +92,12 @@ class App:
         pricing = PricingSource(self.redis)
         self.ledger = Ledger(self.redis, self.clock, pricing)
         admin = Admin(self.redis, self.ledger)
+        self.drift: DriftChecker | None = None
+        if s.drift_provider:  # Checked before serving: a bad mapping stops the start.
+            self.drift = DriftChecker(self.redis, self.ledger, self.clock, DriftConfig(
+                provider=s.drift_provider, mapping_file=s.drift_mapping_file,
+                org=s.drift_org or None, interval_s=s.drift_interval_s,
+                threshold_percent=s.drift_threshold_percent, base_url=s.drift_base_url))
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
@@ -131,6 +138,10 @@ class App:
                 poll_interval_s=s.webhook_poll_interval_s))
             self._tasks.append(asyncio.create_task(self.webhook.run()))
             log.info("alert webhook enabled")  # Never the URL: it often holds a secret.
+        if self.drift is not None:
+            self._tasks.append(asyncio.create_task(self.drift.run()))
+            log.info("drift check enabled", extra={"provider": s.drift_provider,
+                                                   "interval_s": s.drift_interval_s})
         log.info("budgetd serving", extra={"listen": s.listen, "port": self.port,
                                            "tls": creds is not None,
                                            "mtls": bool(s.tls_client_ca_file),

@@ -212,7 +212,7 @@ def _window_unit(window: int, unit: int, prefix: str) -> tuple[str, str]:
 
 PERIOD_FROM_PB = {apb.PERIOD_DAY: "d", apb.PERIOD_MONTH: "m"}
 GROUP_FROM_PB = {apb.GROUP_BY_TEAM: "team", apb.GROUP_BY_FEATURE: "feature",
-                 apb.GROUP_BY_MODEL: "model"}
+                 apb.GROUP_BY_MODEL: "model", apb.GROUP_BY_SCOPE_MODEL: "scope_model"}
 
 
 def usage_row_pb(r: reports.Row) -> apb.UsageRow:
@@ -244,7 +244,8 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
             raise InvalidArgument("period", "must be PERIOD_DAY or PERIOD_MONTH")
         if request.group_by not in GROUP_FROM_PB:
             raise InvalidArgument("group_by",
-                                  "must be GROUP_BY_TEAM, GROUP_BY_FEATURE or GROUP_BY_MODEL")
+                                  "must be GROUP_BY_TEAM, GROUP_BY_FEATURE, GROUP_BY_MODEL or "
+                                  "GROUP_BY_SCOPE_MODEL")
         period = PERIOD_FROM_PB[request.period]
         group_by = GROUP_FROM_PB[request.group_by]
         if request.period_id:

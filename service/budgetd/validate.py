@@ -173,4 +173,10 @@ def record(req: pb.RecordRequest) -> RecordInput:
     cost = None
     if req.HasField("cost_micros"):
         cost = check_amount("cost_micros", req.cost_micros, MAX_REQUEST_COST_MICROS)
-    return RecordInput(request_id, sc, model, u, cost_micros=cost, batch=req.batch)
+    occurred_ms = None
+    if req.HasField("occurred_at"):
+        occurred_ms = req.occurred_at.ToMilliseconds()
+        if occurred_ms <= 0:
+            raise InvalidArgument("occurred_at", "must be after 1970-01-01")
+    return RecordInput(request_id, sc, model, u, cost_micros=cost, batch=req.batch,
+                       occurred_ms=occurred_ms)

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from budgetd_client.providers.mapping import MappingError
+from budgetd_client.providers.mapping import parse_org as parse_providers
 from budgetd_client.types import MODES, UNITS, WINDOWS, Rule, Scope
 
 # The server's defaults and bounds, mirrored so a file is checked whole
@@ -38,7 +40,7 @@ MAX_ORGS = 1000
 MAX_RULES_PER_ORG = 10_000
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _UNIT_NAMES = {"tokens": "tokens", "cost": "cost_micros", "cost_micros": "cost_micros"}
-_ORG_KEYS = {"time_zone", "expiry_policy", "limits", "teams"}
+_ORG_KEYS = {"time_zone", "expiry_policy", "limits", "teams", "providers"}
 _TEAM_KEYS = {"limits", "features"}
 _FEATURE_KEYS = {"limits"}
 _LIMIT_KEYS = {"window", "unit", "limit", "limit_usd", "mode", "thresholds"}
@@ -196,6 +198,10 @@ def parse(doc: Any, source: str = "file") -> list[OrgSpec]:
             if ep not in ("keep", "release"):
                 raise SpecError(f"{where}.expiry_policy: must be keep or release")
             spec.expiry_policy = ep
+        try:  # Provider mappings are for `budgetctl drift`; checked here too.
+            parse_providers(org, od.get("providers"), f"{where}.providers")
+        except MappingError as e:
+            raise SpecError(str(e)) from None
         _limits(spec, Scope(org), od.get("limits"), f"{where}.limits")
         teams = od.get("teams") or {}
         if not isinstance(teams, dict):

@@ -24,6 +24,7 @@ from budgetd_client._proto.budget.v1 import admin_pb2 as apb
 from budgetd_client._proto.budget.v1 import admin_pb2_grpc as apb_grpc
 from budgetd_client._proto.budget.v1 import budget_pb2 as pb
 from budgetd_client.cli import apply as ap
+from budgetd_client.cli import drift as drift_cmd
 from budgetd_client.errors import BudgetError, BudgetUnavailable, from_rpc_error
 from budgetd_client.sync import AdminClient, BudgetClient
 from budgetd_client.types import EXPIRY, MODES, UNITS, WINDOWS, Rule, Scope
@@ -38,7 +39,7 @@ _UNIT_NAMES = {pb.UNIT_TOKENS: "tokens", pb.UNIT_COST_MICROS: "cost_micros"}
 _MODE_NAMES = {pb.MODE_HARD: "hard", pb.MODE_SOFT: "soft", pb.MODE_SHADOW: "shadow"}
 PERIODS = {"day": apb.PERIOD_DAY, "month": apb.PERIOD_MONTH}
 GROUP_BY = {"team": apb.GROUP_BY_TEAM, "feature": apb.GROUP_BY_FEATURE,
-            "model": apb.GROUP_BY_MODEL}
+            "model": apb.GROUP_BY_MODEL, "scope_model": apb.GROUP_BY_SCOPE_MODEL}
 
 
 class UsageError(Exception):
@@ -538,7 +539,8 @@ def _window_unit(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="budgetctl", description="Configure and read budgetd budgets.",
-        epilog="exit codes: 0 ok, 1 the server refused, 2 usage error, 3 unavailable")
+        epilog="exit codes: 0 ok, 1 the server refused, 2 usage error, 3 unavailable, "
+               "4 drift above the threshold, 5 provider API error (drift)")
     _global_flags(parser, True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -618,6 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(sub, "status", cmd_status,
             "used / reserved / remaining of a scope, per window and unit")
     p.add_argument("scope", help="org, org/team or org/team/feature")
+
+    drift_cmd.register(sub, add)
     return parser
 
 
@@ -638,6 +642,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     except UsageError as e:
         print(f"budgetctl: error: {e}", file=err)
         return EXIT_USAGE
+    except drift_cmd.DriftExit as e:
+        print(f"budgetctl: error: {e}", file=err)
+        return e.code
     except BudgetUnavailable as e:
         print(f"budgetctl: error: budgetd at {ns.server} is unavailable: {e.message}",
               file=err)

@@ -117,6 +117,7 @@ end
 
 -- Usage report counters (bd:{org}:rep:<window_id>), per group:
 --   t|<team>|<metric>   f|<team>[/<feature>]|<metric>   m|<model>|<metric>
+--   sm|<team>[/<feature>]|<model>|<metric>  (per scope and model: the drift check)
 -- metrics: i o cw cr (tokens by kind), c (cost micros), n (requests),
 -- d (denials), s (allowed, but a SHADOW rule would have denied).
 local function report_add(key, paths, model, metrics)
@@ -124,7 +125,7 @@ local function report_add(key, paths, model, metrics)
   local team, tf = '', ''
   if paths[2] then team = string.sub(paths[2], #org + 2) end
   if paths[3] then tf = string.sub(paths[3], #org + 2) else tf = team end
-  for _, g in ipairs({'t|' .. team, 'f|' .. tf, 'm|' .. model}) do
+  for _, g in ipairs({'t|' .. team, 'f|' .. tf, 'm|' .. model, 'sm|' .. tf .. '|' .. model}) do
     for i = 1, #metrics, 2 do
       if metrics[i + 1] ~= 0 then
         redis.call('HINCRBY', key, g .. '|' .. metrics[i], istr(metrics[i + 1]))

@@ -20,6 +20,7 @@ class GroupBy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GROUP_BY_TEAM: _ClassVar[GroupBy]
     GROUP_BY_FEATURE: _ClassVar[GroupBy]
     GROUP_BY_MODEL: _ClassVar[GroupBy]
+    GROUP_BY_SCOPE_MODEL: _ClassVar[GroupBy]
 PERIOD_UNSPECIFIED: Period
 PERIOD_DAY: Period
 PERIOD_MONTH: Period
@@ -27,6 +28,7 @@ GROUP_BY_UNSPECIFIED: GroupBy
 GROUP_BY_TEAM: GroupBy
 GROUP_BY_FEATURE: GroupBy
 GROUP_BY_MODEL: GroupBy
+GROUP_BY_SCOPE_MODEL: GroupBy
 
 class BudgetRule(_message.Message):
     __slots__ = ("scope", "window", "unit", "limit", "mode", "alert_thresholds_percent")

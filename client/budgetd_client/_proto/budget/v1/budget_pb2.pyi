@@ -295,20 +295,22 @@ class ReleaseResponse(_message.Message):
     def __init__(self, state: _Optional[_Union[ReservationState, str]] = ..., released: _Optional[_Union[Amount, _Mapping]] = ..., late: _Optional[bool] = ...) -> None: ...
 
 class RecordRequest(_message.Message):
-    __slots__ = ("request_id", "scope", "model", "usage", "cost_micros", "batch")
+    __slots__ = ("request_id", "scope", "model", "usage", "cost_micros", "batch", "occurred_at")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     COST_MICROS_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     scope: Scope
     model: str
     usage: Usage
     cost_micros: int
     batch: bool
-    def __init__(self, request_id: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_micros: _Optional[int] = ..., batch: _Optional[bool] = ...) -> None: ...
+    occurred_at: _timestamp_pb2.Timestamp
+    def __init__(self, request_id: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_micros: _Optional[int] = ..., batch: _Optional[bool] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RecordResponse(_message.Message):
     __slots__ = ("recorded", "alerts")
