@@ -7,6 +7,8 @@ must fail with a message naming what to change."""
 from __future__ import annotations
 
 import base64
+import io
+import os
 import pathlib
 import re
 from collections.abc import Iterator
@@ -724,3 +726,158 @@ def test_each_invalid_case_is_one_change_from_valid(chart: Any) -> None:
     ]
     for values in fixed:
         assert render(chart, values)
+
+
+# ---- the rendered pods, run for real ----
+
+class PodFiles:
+    """Lays out what a rendered container would see under its volume mounts,
+    below a local root, from rendered ConfigMaps and given Secret contents."""
+
+    def __init__(self, root: pathlib.Path, objs: list[Obj],
+                 secrets: dict[str, dict[str, bytes]]) -> None:
+        self.root = root
+        self.configmaps = {o["metadata"]["name"]: o["data"] for o in objs
+                           if o["kind"] == "ConfigMap"}
+        self.secrets = secrets
+        self.mounts: list[str] = []
+
+    def mount(self, pod: Obj, c: Obj) -> None:
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for m in c["volumeMounts"]:
+            vol = volumes[m["name"]]
+            target = self.root / m["mountPath"].lstrip("/")
+            target.mkdir(parents=True, exist_ok=True)
+            self.mounts.append(m["mountPath"])
+            if "secret" in vol:
+                data = self.secrets[vol["secret"]["secretName"]]
+                items = vol["secret"].get("items") or [{"key": k, "path": k} for k in data]
+                for i in items:
+                    (target / i["path"]).write_bytes(data[i["key"]])
+            elif "configMap" in vol:
+                for k, v in self.configmaps[vol["configMap"]["name"]].items():
+                    (target / k).write_text(v)
+
+    def path(self, value: str) -> str:
+        """A path inside the container, as a local path."""
+        for mp in self.mounts:
+            if value.startswith(mp.rstrip("/") + "/"):
+                return str(self.root / value.lstrip("/"))
+        return value
+
+    def env(self, c: Obj) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for ref in c.get("envFrom", []):
+            out.update(self.configmaps[ref["configMapRef"]["name"]])
+        for e in c.get("env", []):
+            if "value" in e:
+                out[e["name"]] = e["value"]
+            else:
+                ref = e["valueFrom"]["secretKeyRef"]
+                out[e["name"]] = self.secrets[ref["name"]][ref["key"]].decode()
+        return {k: self.path(v) for k, v in out.items()}
+
+
+def test_tls_release_runs_the_budgets_job_against_its_server(
+        chart: Any, redis_server: Any, r: Any, tmp_path: pathlib.Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/helm-values/tls.yaml: the budgetd container started with the
+    settings the Deployment gives it (mTLS, auth from the chart's Secret, the
+    health port), the probes' health checks answered in plaintext, and the
+    hook Job's `budgetctl apply` run with the env and files the Job gives it,
+    over mTLS with its admin token, twice (install, then an upgrade)."""
+    import argparse
+
+    import grpc
+    from budgetd.clock import SystemClock
+    from budgetd.config import add_arguments, from_args
+    from budgetd.server import ServerThread
+    from budgetd_client import AdminClient
+    from budgetd_client.cli import main as budgetctl
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from test_tls import Pki
+
+    values = load_values("tls")
+    objs = render(chart, values)
+    (tmp_path / "pki").mkdir()
+    pki = Pki(tmp_path / "pki")
+    secret = one(objs, "Secret", FULLNAME)
+    secrets = {
+        FULLNAME: {k: base64.b64decode(v) for k, v in secret["data"].items()},
+        values["tls"]["secretName"]: {"tls.crt": pki.read("server.crt"),
+                                      "tls.key": pki.read("server.key"),
+                                      "ca.crt": pki.read("ca")},
+        values["budgetsJob"]["tls"]["clientCertSecret"]: {"tls.crt": pki.read("client.crt"),
+                                                          "tls.key": pki.read("client.key")},
+        # The budgets-job token whose SHA-256 tls.yaml lists (sha256("bar")).
+        values["budgetsJob"]["tokenSecret"]["name"]: {"token": b"bar"},
+    }
+
+    def set_env(env: dict[str, str]) -> None:
+        for k in [k for k in os.environ if k.startswith("BUDGETD_")]:
+            monkeypatch.delenv(k)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+
+    # The server, as the Deployment runs it. Only addresses change: loopback
+    # ports of its own, and the test's Redis instead of the example URL.
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    server_files = PodFiles(tmp_path / "server", objs, secrets)
+    c = container(pod, "budgetd")
+    server_files.mount(pod, c)
+    env = server_files.env(c)
+    assert env["BUDGETD_HEALTH_LISTEN"].endswith(f":{values['server']['healthPort']}")
+    env.update(BUDGETD_LISTEN="127.0.0.1:0", BUDGETD_HEALTH_LISTEN="127.0.0.1:0",
+               BUDGETD_METRICS_LISTEN="", BUDGETD_REDIS_URL=redis_server.url,
+               BUDGETD_DATA_DIR=str(tmp_path / "data"))
+    set_env(env)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    settings = from_args(parser.parse_args([]))
+    assert settings.tls_client_ca_file and settings.auth_tokens_file
+    server = ServerThread(settings, SystemClock()).start()
+    try:
+        app = server.app
+        # What the kubelet's probes ask, on the probe port, in plaintext.
+        with grpc.insecure_channel(f"127.0.0.1:{app.health_port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                service = c[probe]["grpc"]["service"]
+                resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                assert resp.status == health_pb2.HealthCheckResponse.SERVING, probe
+
+        # The hook Job, as rendered: its env, its files, its command.
+        job_pod = one(objs, "Job")["spec"]["template"]["spec"]
+        job_files = PodFiles(tmp_path / "job", objs, secrets)
+        jc = container(job_pod, "budgetctl")
+        job_files.mount(job_pod, jc)
+        job_env = job_files.env(jc)
+        # The Service address, here the loopback name the test certificate has.
+        job_env["BUDGETD_SERVER"] = f"localhost:{app.port}"
+
+        def run_job(env: dict[str, str]) -> tuple[int, str, str]:
+            set_env(env)
+            out, err = io.StringIO(), io.StringIO()
+            argv = [job_files.path(a) for a in jc["command"][1:]]
+            return budgetctl(argv, out=out, err=err), out.getvalue(), err.getvalue()
+
+        code, out, err = run_job(job_env)
+        assert code == 0, err
+        assert out.splitlines()[-1] == "Applied."
+        with AdminClient(f"localhost:{app.port}", token="bar",
+                         root_certificates=pki.read("ca"), private_key=pki.read("client.key"),
+                         certificate_chain=pki.read("client.crt")) as admin:
+            (rule,) = admin.list_budgets("acme")
+        assert (str(rule.scope), rule.window, rule.unit, rule.limit) == (
+            "acme", "month", "cost_micros", 100_000_000)
+        # The upgrade hook runs it again: nothing to change.
+        code, out, err = run_job(job_env)
+        assert code == 0, err
+        assert "No changes." in out.splitlines()
+        # mTLS is really in force: without the client certificate it cannot connect.
+        no_cert = {k: v for k, v in job_env.items()
+                   if k not in ("BUDGETD_CERT_FILE", "BUDGETD_KEY_FILE")}
+        code, _, err = run_job(no_cert)
+        assert code == 3, err
+    finally:
+        server.stop()
