@@ -594,7 +594,13 @@ def test_notes_tell_how_to_reach_the_service(chart: Any) -> None:
     assert f"{FULLNAME}.{NAMESPACE}.svc:50051" in notes
     assert "budgetctl apply -f" in notes and "BUDGETD_TOKEN" in notes
     assert "budgetd.example.com/client=true" in notes
+    tls = render_raw(chart, load_values("tls"))["budgetd/templates/NOTES.txt"]
+    assert f"BUDGETD_SERVER={FULLNAME}.{NAMESPACE}.svc:8443" in tls
+    assert "BUDGETD_CA_FILE=" in tls and "BUDGETD_CERT_FILE=" in tls
+    assert "health-only\nport 8444" in tls
+    assert "budgetd-budgets-job-client-tls" in tls
     dev = render_raw(chart, {})["budgetd/templates/NOTES.txt"]
+    assert "BUDGETD_CA_FILE" not in dev and "health-only" not in dev
     assert "development only" in dev and "auth is off" in dev
 
 
