@@ -7,6 +7,8 @@ must fail with a message naming what to change."""
 from __future__ import annotations
 
 import base64
+import io
+import os
 import pathlib
 import re
 from collections.abc import Iterator
@@ -178,7 +180,8 @@ def test_expected_objects(scenario: tuple[str, Obj, list[Obj]]) -> None:
                      "NetworkPolicy", "Service", "Service", "ServiceAccount", "StatefulSet"],
         "existing-secret": ["ConfigMap", "ConfigMap", "Deployment", "Job", "NetworkPolicy",
                             "PodDisruptionBudget", "Service", "ServiceAccount"],
-        "tls": ["ConfigMap", "Deployment", "Secret", "Service", "ServiceAccount"],
+        "tls": ["ConfigMap", "ConfigMap", "Deployment", "Job", "Secret", "Service",
+                "ServiceAccount"],
     }[name]
     assert kinds(objs) == expected
     for o in objs:
@@ -246,15 +249,26 @@ def test_probes_use_the_grpc_health_service(scenario: tuple[str, Obj, list[Obj]]
     assert {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"} in c["ports"]
     cm = one(objs, "ConfigMap", FULLNAME)
     assert cm["data"]["BUDGETD_LISTEN"] == f"0.0.0.0:{grpc_port}"
+    svc_ports = {p["name"] for p in one(objs, "Service", FULLNAME)["spec"]["ports"]}
+    probe_port = grpc_port
     if values["tls"]["enabled"]:
-        # The kubelet's gRPC probe cannot do TLS: TCP checks on the same port.
-        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert c[probe]["tcpSocket"] == {"port": "grpc"}
-        return
-    assert c["livenessProbe"]["grpc"] == {"port": grpc_port, "service": "liveness"}
-    assert c["startupProbe"]["grpc"] == {"port": grpc_port, "service": "liveness"}
+        # The kubelet's gRPC probe cannot do TLS: it asks the plaintext
+        # health-only listener, which the server opens on BUDGETD_HEALTH_LISTEN.
+        probe_port = values["server"]["healthPort"]
+        assert probe_port != grpc_port
+        assert cm["data"]["BUDGETD_HEALTH_LISTEN"] == f"0.0.0.0:{probe_port}"
+        assert {"name": "health", "containerPort": probe_port, "protocol": "TCP"} in c["ports"]
+        # Probes only: callers never reach it through the Service.
+        assert "health" not in svc_ports
+    else:
+        assert "BUDGETD_HEALTH_LISTEN" not in cm["data"]
+        assert "health" not in {p["name"] for p in c["ports"]}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert "tcpSocket" not in c[probe]
+    assert c["livenessProbe"]["grpc"] == {"port": probe_port, "service": "liveness"}
+    assert c["startupProbe"]["grpc"] == {"port": probe_port, "service": "liveness"}
     # Readiness asks service "": SERVING only while Redis answers.
-    assert c["readinessProbe"]["grpc"] == {"port": grpc_port, "service": ""}
+    assert c["readinessProbe"]["grpc"] == {"port": probe_port, "service": ""}
 
 
 def test_restricted_security_context(scenario: tuple[str, Obj, list[Obj]]) -> None:
@@ -343,6 +357,32 @@ def test_secret_holds_what_the_server_reads(scenario: tuple[str, Obj, list[Obj]]
         assert tokens == values["auth"]["tokens"]
 
 
+@pytest.mark.parametrize("scenario_name", ["production", "tls"])
+def test_server_loads_the_tokens_file_the_chart_writes(chart: Any, scenario_name: str,
+                                                       tmp_path: pathlib.Path) -> None:
+    """The rendered auth-tokens.yaml goes through the server's own loader,
+    as the pod reads it from BUDGETD_AUTH_TOKENS_FILE."""
+    from budgetd.auth import load_tokens
+
+    values = load_values(scenario_name)
+    objs = render(chart, values)
+    secret = one(objs, "Secret", FULLNAME)
+    cm = one(objs, "ConfigMap", FULLNAME)["data"]
+    path = tmp_path / pathlib.PurePosixPath(cm["BUDGETD_AUTH_TOKENS_FILE"]).name
+    path.write_bytes(base64.b64decode(secret["data"]["auth-tokens.yaml"]))
+    principals = load_tokens(str(path))
+    want = {t["sha256"]: t for t in values["auth"]["tokens"]}
+    assert set(principals) == set(want)
+    for digest, p in principals.items():
+        t = want[digest]
+        assert (p.name, p.role) == (t["name"], t["role"])
+        assert p.orgs == (None if t["orgs"] == "*" else frozenset(t["orgs"]))
+    if scenario_name == "production":
+        by_name = {p.name: p for p in principals.values()}
+        assert by_name["checkout"].holds("acme") and not by_name["checkout"].holds("globex")
+        assert by_name["finance"].orgs is None  # "*": every org
+
+
 def test_auth_and_tls_wiring(scenario: tuple[str, Obj, list[Obj]]) -> None:
     _, values, objs = scenario
     cm = one(objs, "ConfigMap", FULLNAME)["data"]
@@ -429,6 +469,7 @@ def test_network_policy_admits_only_labelled_callers(
         assert "namespaceSelector" not in peer  # the release namespace only
     for rule in np["spec"]["ingress"]:
         ports = {p["port"] for p in rule["ports"]}
+        assert "health" not in ports  # the kubelet's probes bypass NetworkPolicy
         if "grpc" in ports:
             # A rule without peers would admit every pod of the cluster.
             assert rule["from"], rule
@@ -465,6 +506,22 @@ def test_service_monitor_shape(scenario: tuple[str, Obj, list[Obj]]) -> None:
 
 def test_budgets_job_hook(scenario: tuple[str, Obj, list[Obj]]) -> None:
     _, values, objs = scenario
+    check_budgets_job(values, objs)
+
+
+@pytest.mark.parametrize("variant", [
+    # TLS without client certificates, CA bundle from a Secret of its own.
+    {"tls": {"clientAuth": False}, "budgetsJob": {"tls": {
+        "caSecret": "corp-ca", "caKey": "bundle.pem", "clientCertSecret": ""}}},
+    # TLS without client certificates, CA from the server's Secret.
+    {"tls": {"clientAuth": False}, "budgetsJob": {"tls": {"clientCertSecret": ""}}},
+], ids=["own-ca-secret", "server-ca"])
+def test_budgets_job_over_tls_variants(chart: Any, variant: Obj) -> None:
+    values = merge(load_values("tls"), variant)
+    check_budgets_job(chart.merge_values(values), render(chart, values))
+
+
+def check_budgets_job(values: Obj, objs: list[Obj]) -> None:
     jobs = [o for o in objs if o["kind"] == "Job"]
     if not values["budgetsJob"]["enabled"]:
         assert jobs == []
@@ -477,7 +534,12 @@ def test_budgets_job_hook(scenario: tuple[str, Obj, list[Obj]]) -> None:
     # The file exists before the job runs.
     assert int(cm["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
         job["metadata"]["annotations"]["helm.sh/hook-weight"])
-    assert yaml.safe_load(cm["data"]["budgets.yaml"]) == values["budgetsJob"]["budgets"]
+    budgets = yaml.safe_load(cm["data"]["budgets.yaml"])
+    assert budgets == values["budgetsJob"]["budgets"]
+    # budgetctl's own parser accepts what the job will read.
+    from budgetd_client.cli import apply as budgetctl_apply
+
+    assert budgetctl_apply.parse(budgets, "budgets.yaml")
     pod = job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     c = container(pod, "budgetctl")
@@ -492,6 +554,35 @@ def test_budgets_job_hook(scenario: tuple[str, Obj, list[Obj]]) -> None:
     if values["auth"]["enabled"]:
         assert env["BUDGETD_TOKEN"]["valueFrom"]["secretKeyRef"] == values["budgetsJob"][
             "tokenSecret"]
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+
+    def secret_behind(file_path: str) -> tuple[str, str]:
+        """(Secret name, key) that the file at file_path in the job comes from."""
+        f = pathlib.PurePosixPath(file_path)
+        vol = volumes[mounts[str(f.parent)]]["secret"]
+        (item,) = [i for i in vol["items"] if i["path"] == f.name]
+        return vol["secretName"], item["key"]
+
+    tls = values["tls"]
+    if not tls["enabled"]:
+        assert not {"BUDGETD_TLS", "BUDGETD_CA_FILE", "BUDGETD_CERT_FILE",
+                    "BUDGETD_KEY_FILE"} & set(env)
+    else:
+        assert env["BUDGETD_TLS"]["value"] == "1"
+        ca_secret = values["budgetsJob"]["tls"]["caSecret"] or tls["secretName"]
+        assert secret_behind(env["BUDGETD_CA_FILE"]["value"]) == (
+            ca_secret, values["budgetsJob"]["tls"]["caKey"])
+        # The job never mounts the server's private key.
+        for v in volumes.values():
+            if v.get("secret", {}).get("secretName") == tls["secretName"]:
+                assert [i["key"] for i in v["secret"]["items"]] == ["ca.crt"]
+        if tls["clientAuth"]:
+            client = values["budgetsJob"]["tls"]["clientCertSecret"]
+            assert secret_behind(env["BUDGETD_CERT_FILE"]["value"]) == (client, "tls.crt")
+            assert secret_behind(env["BUDGETD_KEY_FILE"]["value"]) == (client, "tls.key")
+        else:
+            assert "BUDGETD_CERT_FILE" not in env and "BUDGETD_KEY_FILE" not in env
     # The job passes the gRPC NetworkPolicy.
     if values["networkPolicy"]["enabled"]:
         labels = job["spec"]["template"]["metadata"]["labels"]
@@ -503,14 +594,21 @@ def test_notes_tell_how_to_reach_the_service(chart: Any) -> None:
     assert f"{FULLNAME}.{NAMESPACE}.svc:50051" in notes
     assert "budgetctl apply -f" in notes and "BUDGETD_TOKEN" in notes
     assert "budgetd.example.com/client=true" in notes
+    tls = render_raw(chart, load_values("tls"))["budgetd/templates/NOTES.txt"]
+    assert f"BUDGETD_SERVER={FULLNAME}.{NAMESPACE}.svc:8443" in tls
+    assert "BUDGETD_CA_FILE=" in tls and "BUDGETD_CERT_FILE=" in tls
+    assert "health-only\nport 8444" in tls
+    assert "budgetd-budgets-job-client-tls" in tls
     dev = render_raw(chart, {})["budgetd/templates/NOTES.txt"]
+    assert "BUDGETD_CA_FILE" not in dev and "health-only" not in dev
     assert "development only" in dev and "auth is off" in dev
 
 
 # ---- values that must not render ----
 
 EXTERNAL = {"redis": {"url": "redis://redis:6379/0", "embedded": {"enabled": False}}}
-TOKEN = {"name": "a", "sha256": "0" * 64, "role": "admin", "orgs": []}
+BUDGETS = {"orgs": {"acme": {"limits": [{"window": "day", "unit": "tokens", "limit": 1000}]}}}
+TOKEN = {"name": "a", "sha256": "0" * 64, "role": "admin", "orgs": "*"}
 
 
 def merge(*parts: Obj) -> Obj:
@@ -548,12 +646,39 @@ INVALID: list[tuple[str, Obj, str]] = [
         {**TOKEN, "sha256": "my-plain-token"}]}}), "/auth/tokens/0/sha256"),
     ("token role", merge(EXTERNAL, {"auth": {"enabled": True, "tokens": [
         {**TOKEN, "role": "root"}]}}), "/auth/tokens/0/role"),
+    ("token orgs empty", merge(EXTERNAL, {"auth": {"enabled": True, "tokens": [
+        {**TOKEN, "orgs": []}]}}), "/auth/tokens/0/orgs': minItems: got 0, want 1"),
+    ("token orgs missing", merge(EXTERNAL, {"auth": {"enabled": True, "tokens": [
+        {k: v for k, v in TOKEN.items() if k != "orgs"}]}}), "missing property 'orgs'"),
+    ("token orgs a bad id", merge(EXTERNAL, {"auth": {"enabled": True, "tokens": [
+        {**TOKEN, "orgs": ["acme", "no spaces"]}]}}), "/auth/tokens/0/orgs/1"),
+    ("token orgs another string", merge(EXTERNAL, {"auth": {"enabled": True, "tokens": [
+        {**TOKEN, "orgs": "all"}]}}), "/auth/tokens/0/orgs"),
+    ("token name missing", merge(EXTERNAL, {"auth": {"enabled": True, "tokens": [
+        {k: v for k, v in TOKEN.items() if k != "name"}]}}), "missing property 'name'"),
+    ("token name with spaces", merge(EXTERNAL, {"auth": {"enabled": True, "tokens": [
+        {**TOKEN, "name": "my token"}]}}), "/auth/tokens/0/name"),
+    ("token names repeated", merge(EXTERNAL, {"auth": {"enabled": True, "tokens": [
+        TOKEN, {**TOKEN, "sha256": "1" * 64}]}}),
+     "auth.tokens[1].name: \"a\" appears twice"),
+    ("token hashes repeated", merge(EXTERNAL, {"auth": {"enabled": True, "tokens": [
+        TOKEN, {**TOKEN, "name": "b"}]}}), "auth.tokens[1].sha256: same hash as token \"a\""),
     ("auth without tokens", merge(EXTERNAL, {"auth": {"enabled": True}}),
      "auth.enabled=true needs auth.tokens"),
     ("tls without secret", merge(EXTERNAL, {"tls": {"enabled": True}}),
      "tls.enabled=true needs tls.secretName"),
     ("client auth without tls", merge(EXTERNAL, {"tls": {"clientAuth": True}}),
      "tls.clientAuth=true needs tls.enabled=true"),
+    ("health port on the grpc port", merge(EXTERNAL, {
+        "tls": {"enabled": True, "secretName": "t"}, "server": {"healthPort": 50051}}),
+     "server.healthPort=50051 equals server.grpcPort"),
+    ("health port on the metrics port", merge(EXTERNAL, {
+        "tls": {"enabled": True, "secretName": "t"}, "server": {"healthPort": 9464}}),
+     "server.healthPort=9464 equals metrics.port"),
+    ("job over mTLS without a client certificate", merge(EXTERNAL, {
+        "tls": {"enabled": True, "secretName": "t", "clientAuth": True},
+        "budgetsJob": {"enabled": True, "budgets": BUDGETS}}),
+     "needs budgetsJob.tls.clientCertSecret"),
     ("grace shorter than drain", {"server": {"drainSeconds": 30}},
      "terminationGracePeriodSeconds=30 must exceed server.drainSeconds + preStopSleepSeconds"),
     ("existing secret plus inline url", merge(EXTERNAL, {"secret": {"existingSecret": "s"}}),
@@ -562,9 +687,13 @@ INVALID: list[tuple[str, Obj, str]] = [
                                            "maxReplicas": 3}},
      "autoscaling.minReplicas=5 exceeds autoscaling.maxReplicas=3"),
     ("job without budgets", {"budgetsJob": {"enabled": True}}, "needs budgetsJob.budgets"),
+    ("job budgets in another format", {"budgetsJob": {"enabled": True, "budgets": {
+        "orgs": [{"org": "acme", "budgets": []}]}}}, "/budgetsJob/budgets/orgs"),
+    ("job budgets with no org", {"budgetsJob": {"enabled": True, "budgets": {"orgs": {}}}},
+     "/budgetsJob/budgets/orgs"),
     ("job with auth but no token", merge(EXTERNAL, {
         "auth": {"enabled": True, "tokens": [TOKEN]},
-        "budgetsJob": {"enabled": True, "budgets": {"orgs": []}}}),
+        "budgetsJob": {"enabled": True, "budgets": BUDGETS}}),
      "needs budgetsJob.tokenSecret.name"),
     ("service monitor without metrics", {"serviceMonitor": {"enabled": True},
                                          "metrics": {"enabled": False}},
@@ -588,8 +717,173 @@ def test_each_invalid_case_is_one_change_from_valid(chart: Any) -> None:
         {"redis": {"url": "redis://r:6379", "embedded": {"enabled": False}}},
         merge(EXTERNAL, {"auth": {"enabled": True, "tokens": [TOKEN]}}),
         merge(EXTERNAL, {"tls": {"enabled": True, "secretName": "t"}}),
+        # orgs as a list, names and hashes distinct.
+        merge(EXTERNAL, {"auth": {"enabled": True, "tokens": [
+            TOKEN, {**TOKEN, "name": "b", "sha256": "1" * 64, "orgs": ["acme", "globex"]}]}}),
+        merge(EXTERNAL, {"tls": {"enabled": True, "secretName": "t"},
+                         "server": {"healthPort": 9090}}),
+        # The health port is only opened with TLS: it may then be anything.
+        {"server": {"healthPort": 50051}},
+        merge(EXTERNAL, {"tls": {"enabled": True, "secretName": "t", "clientAuth": True},
+                         "budgetsJob": {"enabled": True, "budgets": BUDGETS,
+                                        "tls": {"clientCertSecret": "c"}}}),
         {"server": {"drainSeconds": 20}},
-        {"budgetsJob": {"enabled": True, "budgets": {"orgs": []}}},
+        {"budgetsJob": {"enabled": True, "budgets": BUDGETS}},
     ]
     for values in fixed:
         assert render(chart, values)
+
+
+# ---- the rendered pods, run for real ----
+
+class PodFiles:
+    """Lays out what a rendered container would see under its volume mounts,
+    below a local root, from rendered ConfigMaps and given Secret contents."""
+
+    def __init__(self, root: pathlib.Path, objs: list[Obj],
+                 secrets: dict[str, dict[str, bytes]]) -> None:
+        self.root = root
+        self.configmaps = {o["metadata"]["name"]: o["data"] for o in objs
+                           if o["kind"] == "ConfigMap"}
+        self.secrets = secrets
+        self.mounts: list[str] = []
+
+    def mount(self, pod: Obj, c: Obj) -> None:
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for m in c["volumeMounts"]:
+            vol = volumes[m["name"]]
+            target = self.root / m["mountPath"].lstrip("/")
+            target.mkdir(parents=True, exist_ok=True)
+            self.mounts.append(m["mountPath"])
+            if "secret" in vol:
+                data = self.secrets[vol["secret"]["secretName"]]
+                items = vol["secret"].get("items") or [{"key": k, "path": k} for k in data]
+                for i in items:
+                    (target / i["path"]).write_bytes(data[i["key"]])
+            elif "configMap" in vol:
+                for k, v in self.configmaps[vol["configMap"]["name"]].items():
+                    (target / k).write_text(v)
+
+    def path(self, value: str) -> str:
+        """A path inside the container, as a local path."""
+        for mp in self.mounts:
+            if value.startswith(mp.rstrip("/") + "/"):
+                return str(self.root / value.lstrip("/"))
+        return value
+
+    def env(self, c: Obj) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for ref in c.get("envFrom", []):
+            out.update(self.configmaps[ref["configMapRef"]["name"]])
+        for e in c.get("env", []):
+            if "value" in e:
+                out[e["name"]] = e["value"]
+            else:
+                ref = e["valueFrom"]["secretKeyRef"]
+                out[e["name"]] = self.secrets[ref["name"]][ref["key"]].decode()
+        return {k: self.path(v) for k, v in out.items()}
+
+
+def test_tls_release_runs_the_budgets_job_against_its_server(
+        chart: Any, redis_server: Any, r: Any, tmp_path: pathlib.Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/helm-values/tls.yaml: the budgetd container started with the
+    settings the Deployment gives it (mTLS, auth from the chart's Secret, the
+    health port), the probes' health checks answered in plaintext, and the
+    hook Job's `budgetctl apply` run with the env and files the Job gives it,
+    over mTLS with its admin token, twice (install, then an upgrade)."""
+    import argparse
+
+    import grpc
+    from budgetd.clock import SystemClock
+    from budgetd.config import add_arguments, from_args
+    from budgetd.server import ServerThread
+    from budgetd_client import AdminClient
+    from budgetd_client.cli import main as budgetctl
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from test_tls import Pki
+
+    values = load_values("tls")
+    objs = render(chart, values)
+    (tmp_path / "pki").mkdir()
+    pki = Pki(tmp_path / "pki")
+    secret = one(objs, "Secret", FULLNAME)
+    secrets = {
+        FULLNAME: {k: base64.b64decode(v) for k, v in secret["data"].items()},
+        values["tls"]["secretName"]: {"tls.crt": pki.read("server.crt"),
+                                      "tls.key": pki.read("server.key"),
+                                      "ca.crt": pki.read("ca")},
+        values["budgetsJob"]["tls"]["clientCertSecret"]: {"tls.crt": pki.read("client.crt"),
+                                                          "tls.key": pki.read("client.key")},
+        # The budgets-job token whose SHA-256 tls.yaml lists (sha256("bar")).
+        values["budgetsJob"]["tokenSecret"]["name"]: {"token": b"bar"},
+    }
+
+    def set_env(env: dict[str, str]) -> None:
+        for k in [k for k in os.environ if k.startswith("BUDGETD_")]:
+            monkeypatch.delenv(k)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+
+    # The server, as the Deployment runs it. Only addresses change: loopback
+    # ports of its own, and the test's Redis instead of the example URL.
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    server_files = PodFiles(tmp_path / "server", objs, secrets)
+    c = container(pod, "budgetd")
+    server_files.mount(pod, c)
+    env = server_files.env(c)
+    assert env["BUDGETD_HEALTH_LISTEN"].endswith(f":{values['server']['healthPort']}")
+    env.update(BUDGETD_LISTEN="127.0.0.1:0", BUDGETD_HEALTH_LISTEN="127.0.0.1:0",
+               BUDGETD_METRICS_LISTEN="", BUDGETD_REDIS_URL=redis_server.url,
+               BUDGETD_DATA_DIR=str(tmp_path / "data"))
+    set_env(env)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    settings = from_args(parser.parse_args([]))
+    assert settings.tls_client_ca_file and settings.auth_tokens_file
+    server = ServerThread(settings, SystemClock()).start()
+    try:
+        app = server.app
+        # What the kubelet's probes ask, on the probe port, in plaintext.
+        with grpc.insecure_channel(f"127.0.0.1:{app.health_port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                service = c[probe]["grpc"]["service"]
+                resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                assert resp.status == health_pb2.HealthCheckResponse.SERVING, probe
+
+        # The hook Job, as rendered: its env, its files, its command.
+        job_pod = one(objs, "Job")["spec"]["template"]["spec"]
+        job_files = PodFiles(tmp_path / "job", objs, secrets)
+        jc = container(job_pod, "budgetctl")
+        job_files.mount(job_pod, jc)
+        job_env = job_files.env(jc)
+        # The Service address, here the loopback name the test certificate has.
+        job_env["BUDGETD_SERVER"] = f"localhost:{app.port}"
+
+        def run_job(env: dict[str, str]) -> tuple[int, str, str]:
+            set_env(env)
+            out, err = io.StringIO(), io.StringIO()
+            argv = [job_files.path(a) for a in jc["command"][1:]]
+            return budgetctl(argv, out=out, err=err), out.getvalue(), err.getvalue()
+
+        code, out, err = run_job(job_env)
+        assert code == 0, err
+        assert out.splitlines()[-1] == "Applied."
+        with AdminClient(f"localhost:{app.port}", token="bar",
+                         root_certificates=pki.read("ca"), private_key=pki.read("client.key"),
+                         certificate_chain=pki.read("client.crt")) as admin:
+            (rule,) = admin.list_budgets("acme")
+        assert (str(rule.scope), rule.window, rule.unit, rule.limit) == (
+            "acme", "month", "cost_micros", 100_000_000)
+        # The upgrade hook runs it again: nothing to change.
+        code, out, err = run_job(job_env)
+        assert code == 0, err
+        assert "No changes." in out.splitlines()
+        # mTLS is really in force: without the client certificate it cannot connect.
+        no_cert = {k: v for k, v in job_env.items()
+                   if k not in ("BUDGETD_CERT_FILE", "BUDGETD_KEY_FILE")}
+        code, _, err = run_job(no_cert)
+        assert code == 3, err
+    finally:
+        server.stop()

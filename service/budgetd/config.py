@@ -30,6 +30,9 @@ class Settings:
     metrics_listen: str = ""
     # Label denials with the team id (bounded, see metrics.MAX_TEAM_LABELS).
     metrics_per_team: bool = False
+    # Plaintext host:port serving only grpc.health.v1.Health, for kubelet gRPC
+    # probes when the main port speaks TLS; empty: off.
+    health_listen: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""
     # Set: clients must present a certificate signed by this CA (mTLS).
@@ -68,6 +71,9 @@ _FLAGS: list[tuple[str, str, type, str]] = [
      "Prometheus metrics HTTP address host:port (e.g. 0.0.0.0:9464); empty: off"),
     ("metrics_per_team", "BUDGETD_METRICS_PER_TEAM", bool,
      "label denial metrics with the team id (bounded number of teams)"),
+    ("health_listen", "BUDGETD_HEALTH_LISTEN", str,
+     "plaintext gRPC address host:port serving only the health service (probes when "
+     "the main port uses TLS); empty: off"),
     ("tls_cert_file", "BUDGETD_TLS_CERT_FILE", str, "server certificate chain (PEM)"),
     ("tls_key_file", "BUDGETD_TLS_KEY_FILE", str, "server private key (PEM)"),
     ("tls_client_ca_file", "BUDGETD_TLS_CLIENT_CA_FILE", str,

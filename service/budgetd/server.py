@@ -71,6 +71,9 @@ class App:
     port: int = 0
     ledger: Ledger | None = None
     metrics_server: metrics.MetricsServer | None = None
+    # The plaintext health-only listener (--health-listen) and its port.
+    health_server: grpc.aio.Server | None = None
+    health_port: int = 0
 
     async def start(self) -> None:
         s = self.settings
@@ -123,6 +126,8 @@ class App:
             raise RuntimeError(f"cannot listen on {s.listen}")
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._set_ready(await self._redis_ok())
+        if s.health_listen:
+            await self._start_health_listener(s.health_listen)
         await self.server.start()
         if s.metrics_listen:
             self.metrics_server = metrics.MetricsServer(s.metrics_listen)
@@ -146,6 +151,21 @@ class App:
                                            "tls": creds is not None,
                                            "mtls": bool(s.tls_client_ca_file),
                                            "auth_tokens": len(authorizer.tokens)})
+
+    async def _start_health_listener(self, listen: str) -> None:
+        """The kubelet's gRPC probe cannot speak TLS: a second, plaintext server
+        with the same health servicer (same statuses), and nothing else: no
+        budget or admin service, no reflection, so it needs no auth."""
+        self.health_server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", 4096),
+            ("grpc.so_reuseport", 0),
+        ], maximum_concurrent_rpcs=64)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+        self.health_port = self.health_server.add_insecure_port(listen)
+        if self.health_port == 0:
+            raise RuntimeError(f"cannot listen on {listen} (health)")
+        await self.health_server.start()
+        log.info("health serving", extra={"health_listen": listen, "port": self.health_port})
 
     async def _redis_ok(self) -> bool:
         try:
@@ -188,6 +208,10 @@ class App:
             with contextlib.suppress(Exception):
                 await self.health.enter_graceful_shutdown()
             await self.server.stop(self.settings.drain_s if grace_s is None else grace_s)
+        if self.health_server is not None:
+            # After the main server: probes see NOT_SERVING while calls drain.
+            await self.health_server.stop(0)
+            self.health_server = None
         for t in getattr(self, "_tasks", []):
             t.cancel()
         for t in getattr(self, "_tasks", []):

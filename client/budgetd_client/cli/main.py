@@ -33,6 +33,8 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 DEFAULT_SERVER = "127.0.0.1:50051"
 MAX_PEM_BYTES = 1 << 20
 BAR_WIDTH = 30
+# Values of BUDGETD_TLS that turn TLS on (as the server reads its bool env vars).
+_TRUE = frozenset({"1", "true", "yes", "on"})
 _EXPIRY_NAMES = {v: k for k, v in EXPIRY.items()}
 _WINDOW_NAMES = {pb.WINDOW_DAY: "day", pb.WINDOW_MONTH: "month"}
 _UNIT_NAMES = {pb.UNIT_TOKENS: "tokens", pb.UNIT_COST_MICROS: "cost_micros"}
@@ -519,11 +521,16 @@ def _global_flags(p: argparse.ArgumentParser, top: bool) -> None:
                    help=f"budgetd host:port [env BUDGETD_SERVER, default {DEFAULT_SERVER}]")
     g.add_argument("--token", default=d(os.environ.get("BUDGETD_TOKEN", "")),
                    help="bearer token [env BUDGETD_TOKEN]")
-    g.add_argument("--tls", action="store_true", default=d(False),
-                   help="use TLS (system roots unless --ca-file)")
-    g.add_argument("--ca-file", default=d(""), help="CA bundle (PEM) to verify the server")
-    g.add_argument("--cert-file", default=d(""), help="client certificate (PEM), for mTLS")
-    g.add_argument("--key-file", default=d(""), help="client private key (PEM), for mTLS")
+    g.add_argument("--tls", action="store_true",
+                   default=d(os.environ.get("BUDGETD_TLS", "").strip().lower() in _TRUE),
+                   help="use TLS (system roots unless --ca-file) [env BUDGETD_TLS=1]")
+    g.add_argument("--ca-file", default=d(os.environ.get("BUDGETD_CA_FILE", "")),
+                   help="CA bundle (PEM) to verify the server; implies TLS "
+                        "[env BUDGETD_CA_FILE]")
+    g.add_argument("--cert-file", default=d(os.environ.get("BUDGETD_CERT_FILE", "")),
+                   help="client certificate (PEM), for mTLS [env BUDGETD_CERT_FILE]")
+    g.add_argument("--key-file", default=d(os.environ.get("BUDGETD_KEY_FILE", "")),
+                   help="client private key (PEM), for mTLS [env BUDGETD_KEY_FILE]")
     g.add_argument("--output", "-o", choices=["table", "json"], default=d("table"),
                    help="output format (default table)")
     g.add_argument("--timeout", type=float, default=d(10.0),

@@ -81,6 +81,11 @@ app.kubernetes.io/component: redis
 {{- printf "redis://%s.%s.svc:6379/0" (include "budgetd.redisName" .) .Release.Namespace }}
 {{- end }}
 
+{{/* The Secret with the CA bundle the budgets job verifies the server with. */}}
+{{- define "budgetd.jobCaSecret" -}}
+{{- default .Values.tls.secretName .Values.budgetsJob.tls.caSecret }}
+{{- end }}
+
 {{/* The gRPC address callers use inside the cluster. */}}
 {{- define "budgetd.grpcAddress" -}}
 {{- printf "%s.%s.svc:%d" (include "budgetd.fullname" .) .Release.Namespace (int .Values.server.grpcPort) }}
@@ -117,6 +122,27 @@ that names the values to change.
 {{- if and $v.tls.clientAuth (not $v.tls.enabled) }}
 {{- fail "tls.clientAuth=true needs tls.enabled=true" }}
 {{- end }}
+{{- if $v.tls.enabled }}
+{{- if eq (int $v.server.healthPort) (int $v.server.grpcPort) }}
+{{- fail (printf "server.healthPort=%v equals server.grpcPort: with tls.enabled the plaintext health port needs a port of its own" $v.server.healthPort) }}
+{{- end }}
+{{- if and $v.metrics.enabled (eq (int $v.server.healthPort) (int $v.metrics.port)) }}
+{{- fail (printf "server.healthPort=%v equals metrics.port: give each its own port" $v.server.healthPort) }}
+{{- end }}
+{{- end }}
+{{- /* The server refuses a tokens file with a repeated name or hash; say so at render time. */}}
+{{- $names := dict }}
+{{- $hashes := dict }}
+{{- range $i, $t := $v.auth.tokens }}
+{{- if hasKey $names (toString $t.name) }}
+{{- fail (printf "auth.tokens[%d].name: %q appears twice; names must be unique" $i $t.name) }}
+{{- end }}
+{{- if hasKey $hashes (toString $t.sha256) }}
+{{- fail (printf "auth.tokens[%d].sha256: same hash as token %q" $i (get $hashes (toString $t.sha256))) }}
+{{- end }}
+{{- $_ := set $names (toString $t.name) true }}
+{{- $_ := set $hashes (toString $t.sha256) (toString $t.name) }}
+{{- end }}
 {{- $drain := add (int $v.server.drainSeconds) (int $v.preStopSleepSeconds) }}
 {{- if le (int $v.terminationGracePeriodSeconds) $drain }}
 {{- fail (printf "terminationGracePeriodSeconds=%v must exceed server.drainSeconds + preStopSleepSeconds = %v, or Kubernetes kills the pod while calls drain" $v.terminationGracePeriodSeconds $drain) }}
@@ -131,8 +157,8 @@ that names the values to change.
 {{- if and $v.auth.enabled (not $v.budgetsJob.tokenSecret.name) }}
 {{- fail "budgetsJob with auth.enabled=true needs budgetsJob.tokenSecret.name: a Secret holding an admin token" }}
 {{- end }}
-{{- if $v.tls.enabled }}
-{{- fail "budgetsJob does not support tls.enabled=true yet: run `budgetctl apply` from outside the release" }}
+{{- if and $v.tls.clientAuth (not $v.budgetsJob.tls.clientCertSecret) }}
+{{- fail "budgetsJob with tls.clientAuth=true needs budgetsJob.tls.clientCertSecret: a kubernetes.io/tls Secret with the job's client certificate" }}
 {{- end }}
 {{- end }}
 {{- end }}
