@@ -200,28 +200,42 @@ class App:
             await asyncio.sleep(self.settings.expiry_interval_s)
 
     async def stop(self, grace_s: float | None = None) -> None:
+        """Drain, then close everything. Each step is bounded: a stuck step is
+        logged and skipped, so shutdown always ends."""
+        drain_s = self.settings.drain_s if grace_s is None else grace_s
         if self.metrics_server is not None:
-            await asyncio.to_thread(self.metrics_server.stop)
+            await _bounded("metrics server stop", asyncio.to_thread(self.metrics_server.stop))
             self.metrics_server = None
         if self.server is not None:
             self.admin_service.shutdown()
             with contextlib.suppress(Exception):
-                await self.health.enter_graceful_shutdown()
-            await self.server.stop(self.settings.drain_s if grace_s is None else grace_s)
+                await _bounded("health shutdown", self.health.enter_graceful_shutdown())
+            await _bounded("grpc server stop", self.server.stop(drain_s), drain_s + STEP_S)
         if self.health_server is not None:
             # After the main server: probes see NOT_SERVING while calls drain.
-            await self.health_server.stop(0)
+            await _bounded("health server stop", self.health_server.stop(0))
             self.health_server = None
-        for t in getattr(self, "_tasks", []):
+        tasks = getattr(self, "_tasks", [])
+        for t in tasks:
             t.cancel()
-        for t in getattr(self, "_tasks", []):
-            with contextlib.suppress(BaseException):
-                await t
+        if tasks:
+            await _bounded("background tasks", asyncio.gather(*tasks, return_exceptions=True))
         if self.redis is not None:
-            await self.redis.aclose()
+            await _bounded("redis close", self.redis.aclose())
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
             log.info("embedded redis stopped")
+
+
+# Bound of one shutdown step (beyond the drain time of the gRPC server).
+STEP_S = 10.0
+
+
+async def _bounded(what: str, aw: Any, timeout_s: float = STEP_S) -> None:
+    try:
+        await asyncio.wait_for(aw, timeout_s)
+    except asyncio.TimeoutError:
+        log.error("shutdown step timed out", extra={"step": what, "timeout_s": timeout_s})
 
 
 async def serve(settings: Settings, clock: Clock | None = None) -> None:
@@ -258,7 +272,13 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=timeout)
 
     def stop(self) -> None:
-        self.call(self.app.stop(grace_s=1.0))
+        try:
+            self.call(self.app.stop(grace_s=1.0))
+        except TimeoutError:
+            # Say what was stuck, then go on: a test must not hang forever.
+            for task in asyncio.all_tasks(self.loop):
+                task.print_stack()
+            raise
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()
