@@ -10,15 +10,21 @@ grant leaves each HARD rule it touches at used + reserved <= limit.
 
 from __future__ import annotations
 
-import datetime as dt
 import collections
+import datetime as dt
 import itertools
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import redis
+from budgetd.clock import ManualClock
+from budgetd.config import Settings
+from budgetd.embedded import EmbeddedRedis
+from budgetd.server import ServerThread
+from budgetd_client import AlreadyExists, FailedPrecondition, Usage
 from conftest import T0, Budgetd, ms
 from helpers import TEST_BIG, TEST_MODEL, TEST_SMALL, set_test_pricing
 from hypothesis import HealthCheck, settings
@@ -34,12 +40,6 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from budgetd.clock import ManualClock
-from budgetd.config import Settings
-from budgetd.embedded import EmbeddedRedis
-from budgetd.server import ServerThread
-from budgetd_client import AlreadyExists, FailedPrecondition, Usage
-
 # Model prices, micro-USD per million tokens: (input, output, cache write 5m,
 # cache write 1h, cache read), max output tokens; as tests/helpers.py sets them.
 PRICES = {
@@ -49,8 +49,11 @@ PRICES = {
 }
 MODELS = list(PRICES)
 TEAMS = ("a", "b")
-MAX_EXAMPLES = 200
+MAX_EXAMPLES = int(os.environ.get("BUDGETD_MODEL_EXAMPLES", "200"))
 STEPS = 50
+# CI runs a fixed sequence of examples (reproducible, no flaky coverage);
+# BUDGETD_EXPLORE=1 draws new ones on every run.
+EXPLORE = os.environ.get("BUDGETD_EXPLORE") == "1"
 
 
 def price(model: str, inp: int, out: int, cw5: int = 0, cw1: int = 0, cr: int = 0,
@@ -139,10 +142,10 @@ class LedgerModel:
 class BudgetMachine(RuleBasedStateMachine):
     # Set by the test before the machine runs.
     b: Budgetd
-    r: redis.Redis
+    r: Any  # redis.Redis; Any: its stubs type replies as bytes | str
     orgs = itertools.count()
     # Outcomes seen over all examples: the test asserts the interesting ones happened.
-    seen: collections.Counter[str] = collections.Counter()
+    seen: ClassVar[collections.Counter[str]] = collections.Counter()
 
     reservations = Bundle("reservations")
     sent = Bundle("sent")
@@ -170,7 +173,8 @@ class BudgetMachine(RuleBasedStateMachine):
         pass
 
     @rule(level=st.integers(0, 3), window=st.sampled_from(["day", "month"]),
-          unit=st.sampled_from(["tokens", "cost_micros"]), limit=st.integers(1, 60_000),
+          unit=st.sampled_from(["tokens", "cost_micros"]),
+          limit=st.integers(1, 5_000) | st.integers(1, 60_000),
           mode=st.sampled_from(["hard", "hard", "soft", "shadow"]))
     def set_budget(self, level: int, window: str, unit: str, limit: int, mode: str) -> None:
         scope = self.scopes[level]
@@ -225,8 +229,10 @@ class BudgetMachine(RuleBasedStateMachine):
         return None, first
 
     @rule(target=reservations,
-          level=st.integers(0, 3), model=st.sampled_from(MODELS),
-          fallbacks=st.lists(st.sampled_from(MODELS), max_size=2, unique=True),
+          # Mostly the dear model first, cheaper fallbacks after: fallbacks get used.
+          level=st.integers(0, 3), model=st.sampled_from([TEST_BIG, TEST_BIG, *MODELS]),
+          fallbacks=st.lists(st.sampled_from([TEST_SMALL, TEST_MODEL]), max_size=2,
+                             unique=True),
           est=st.one_of(
               st.fixed_dictionaries({"input_tokens": st.integers(0, 3000),
                                      "max_output_tokens": st.integers(1, 9000)}),
@@ -239,7 +245,8 @@ class BudgetMachine(RuleBasedStateMachine):
         scope = self.scopes[level]
         paths = paths_of(scope)
         request_id = self.new_id()
-        kwargs = dict(scope=scope, model=model, request_id=request_id, ttl_seconds=ttl_s,
+        kwargs: dict[str, Any] = dict(scope=scope, model=model, request_id=request_id,
+                                      ttl_seconds=ttl_s,
                       fallback_models=fallbacks, batch=batch, **est)
         granted, violation = self.decide(paths, self.candidates(model, fallbacks, est, batch))
         got = self.b.client.reserve(**kwargs)
@@ -292,6 +299,7 @@ class BudgetMachine(RuleBasedStateMachine):
         """Expire a due held reservation inline, as settle.lua does; True if late."""
         if res.state == "held" and res.expires_ms <= self.now():
             self.m.expire(res)
+            self.seen[f"expired ({self.m.policy})"] += 1
         return res.state == "expired"
 
     @rule(res=reservations, inp=st.integers(0, 3000), out=st.integers(0, 5000),
@@ -360,7 +368,7 @@ class BudgetMachine(RuleBasedStateMachine):
           out=st.integers(0, 3000), cost=st.none() | st.integers(0, 9000))
     def record(self, level: int, model: str, inp: int, out: int, cost: int | None) -> None:
         scope = self.scopes[level]
-        kwargs = dict(scope=scope, model=model, request_id=self.new_id(),
+        kwargs: dict[str, Any] = dict(scope=scope, model=model, request_id=self.new_id(),
                       usage=Usage(input_tokens=inp, output_tokens=out), cost_micros=cost)
         got = self.b.client.record(**kwargs)
         c = cost if cost is not None else price(model, inp, out)
@@ -519,7 +527,7 @@ def test_ledger_matches_model(model_server: tuple[Budgetd, redis.Redis]) -> None
     BudgetMachine.r = client
     run_state_machine_as_test(BudgetMachine, settings=settings(
         max_examples=MAX_EXAMPLES, stateful_step_count=STEPS, deadline=None,
-        database=None, suppress_health_check=list(HealthCheck)))
+        database=None, suppress_health_check=list(HealthCheck), derandomize=not EXPLORE))
     seen = BudgetMachine.seen
     print("model test outcomes:", dict(sorted(seen.items())))
     wanted = ["reserve denied", "reserve granted", "fallback granted", "reconcile late",

@@ -25,7 +25,7 @@ from budgetd.clock import Clock, SystemClock
 from budgetd.config import Settings
 from budgetd.embedded import EmbeddedRedis
 from budgetd.ledger import Ledger, PricingSource
-from budgetd.service import BudgetAdminService, BudgetService
+from budgetd.service import BudgetAdminService, BudgetService, DecodeGuard
 from budgetd_client._proto.budget.v1 import admin_pb2, admin_pb2_grpc, budget_pb2, budget_pb2_grpc
 
 log = logging.getLogger("budgetd.server")
@@ -78,7 +78,7 @@ class App:
         pricing = PricingSource(self.redis)
         self.ledger = Ledger(self.redis, self.clock, pricing)
         admin = Admin(self.redis, self.ledger)
-        self.server = grpc.aio.server(options=[
+        self.server = grpc.aio.server(interceptors=[DecodeGuard(SERVICE_NAMES)], options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
