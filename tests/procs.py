@@ -17,7 +17,6 @@ from typing import Any
 
 import grpc
 import redis
-
 from budgetd.embedded import free_port
 from budgetd_client import BudgetClient, BudgetError, CallPolicy, Usage
 
@@ -47,7 +46,7 @@ class BudgetdProc:
 
     def start(self, timeout_s: float = 30.0) -> BudgetdProc:
         self.port = free_port()
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "budgetd.cli", "serve", "--listen", self.address,
              "--redis-url", self.redis_url, "--expiry-interval-s", str(self.expiry_interval_s),
@@ -220,7 +219,7 @@ def counters(r: redis.Redis, org: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for key in r.scan_iter(match=f"bd:{{{org}}}:w:d*", count=1000):
         for f, v in r.hgetall(key).items():
-            k = f.decode()
+            k = f.decode() if isinstance(f, bytes) else str(f)
             out[k] = out.get(k, 0) + int(v)
     return out
 
@@ -264,7 +263,7 @@ def stop_all(*procs: Any) -> None:
     for p in procs:
         try:
             p.stop()
-        except Exception as e:  # noqa: BLE001 - teardown must reach every process
+        except Exception as e:
             print(f"stopping {p}: {e}", file=sys.stderr)
 
 

@@ -14,10 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from procs import BudgetdProc, Log, audit, stop_all, worker
-
 from budgetd.embedded import EmbeddedRedis
 from budgetd_client import AdminClient, BudgetClient, CallPolicy
+from procs import BudgetdProc, Log, audit, stop_all, worker
 
 ORG = "race"
 TEAMS = ["t0", "t1", "t2"]
