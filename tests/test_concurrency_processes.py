@@ -25,8 +25,8 @@ RUN_S = 8.0
 # HARD rules at every level, both units: tight enough that the run spends
 # most of its time at the limits.
 RULES = [(ORG, "day", "tokens", 300_000), (ORG, "month", "cost_micros", 400_000),
-         (f"{ORG}/t0", "day", "tokens", 80_000), (f"{ORG}/t1", "day", "cost_micros", 90_000),
-         (f"{ORG}/t2", "month", "tokens", 100_000)]
+         (f"{ORG}/t0", "day", "tokens", 50_000), (f"{ORG}/t1", "day", "cost_micros", 60_000),
+         (f"{ORG}/t2", "month", "tokens", 70_000)]
 
 
 @pytest.fixture()
@@ -100,8 +100,8 @@ def test_many_processes_two_replicas_never_overspend_and_lose_nothing(
           f"{ {'/'.join(k): round(v, 3) for k, v in peak.items()} }; counters {got}")
     assert not violations, f"{len(violations)} samples over a HARD limit: {violations[:5]}"
     assert samples[0] > 50, f"the sampler took only {samples[0]} samples"
-    assert len(log.granted) > 100 and log.denials > 50, (
+    assert len(log.granted) > 100 and log.denials > 0, (
         f"too little contention to prove anything: {len(log.granted)} grants, "
         f"{log.denials} denials")
-    assert max(peak.values()) > 0.9, f"the run never came near a limit: peak {peak}"
+    assert max(peak.values()) >= 0.95, f"the run never came near a limit: peak {peak}"
     assert not log.failures, f"calls failed with no fault injected: {log.failures[:5]}"
