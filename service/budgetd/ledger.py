@@ -479,6 +479,11 @@ class PricingSource:
     async def refresh(self, force: bool = False) -> PriceTable:
         if not force and time.monotonic() - self._loaded_at < self.refresh_s:
             return self._table
+        if self._lock.locked() and self._loaded_at > 0:
+            # Another call is refreshing: use the current table rather than
+            # queue behind it (in an outage each waiter would add one Redis
+            # timeout, and calls would blow past their deadlines).
+            return self._table
         async with self._lock:
             from budgetd.pricing import ModelPricing
 

@@ -30,7 +30,7 @@ from budgetd.drift import DriftChecker, DriftConfig
 from budgetd.embedded import EmbeddedRedis
 from budgetd.interceptors import ServerInterceptor
 from budgetd.ledger import Ledger, PricingSource
-from budgetd.service import BudgetAdminService, BudgetService
+from budgetd.service import BudgetAdminService, BudgetService, DecodeGuard
 from budgetd.tls import server_credentials
 from budgetd.webhook import WebhookConfig, WebhookSender
 
@@ -105,7 +105,11 @@ class App:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
-        ], interceptors=[ServerInterceptor(authorizer, metrics.TeamLabels(s.metrics_per_team))])
+        ], interceptors=[
+            ServerInterceptor(authorizer, metrics.TeamLabels(s.metrics_per_team)),
+            # Inner: malformed bytes reach the servicer, which answers INVALID_ARGUMENT.
+            DecodeGuard(SERVICE_NAMES),
+        ])
         budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetService(self.ledger),
                                                             self.server)
         # A blocking XREAD must return before the Redis socket timeout.

@@ -15,6 +15,7 @@ from budgetd_client._proto.budget.v1 import admin_pb2 as apb
 from budgetd_client._proto.budget.v1 import admin_pb2_grpc as apb_grpc
 from budgetd_client._proto.budget.v1 import budget_pb2 as pb
 from budgetd_client._proto.budget.v1 import budget_pb2_grpc as pb_grpc
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -59,11 +60,52 @@ Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Handler = Callable[[Any, Any, Ctx], Awaitable[T]]
 
 
+class Undecodable:
+    """Stands in for a request whose bytes are not a valid protobuf message.
+    grpc answers UNKNOWN when a deserializer raises; `rpc` turns this into
+    INVALID_ARGUMENT instead."""
+
+    def __init__(self, type_name: str, error: str) -> None:
+        self.type_name = type_name
+        self.error = error
+
+
+class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Wraps the request deserializer of budgetd's own services so that
+    malformed bytes reach the handler as an Undecodable."""
+
+    def __init__(self, service_names: tuple[str, ...]) -> None:
+        self.prefixes = tuple(f"/{n}/" for n in service_names)
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
+        method = str(handler_call_details.method)
+        if handler is None or not method.startswith(self.prefixes):
+            return handler
+        decode = handler.request_deserializer
+        if decode is None:
+            return handler
+        type_name = getattr(getattr(decode, "__self__", None), "DESCRIPTOR", None)
+        name = type_name.full_name if type_name is not None else method
+
+        def safe(data: bytes) -> Any:
+            try:
+                return decode(data)
+            except DecodeError as e:
+                return Undecodable(name, str(e))
+
+        return handler._replace(request_deserializer=safe)
+
+
 def rpc(fn: Handler[T]) -> Handler[T]:
     """Maps errors to gRPC statuses. A Redis outage is UNAVAILABLE, fast."""
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: Ctx) -> T:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"request: not a valid {request.type_name} message "
+                                f"({request.error[:200]})")
         try:
             return await fn(self, request, context)
         except BudgetdError as e:
