@@ -181,6 +181,13 @@ class BudgetMachine(RuleBasedStateMachine):
         self.b.admin.set_budget(scope, window, unit, limit, mode=mode)
         self.m.rules[(scope, window[0], unit[0])] = (limit, mode[0] if mode != "shadow" else "w")
 
+    @rule(level=st.integers(0, 3), window=st.sampled_from(["day", "month"]),
+          limit=st.integers(2_000, 30_000))
+    def set_hard_cost_budget(self, level: int, window: str, limit: int) -> None:
+        # Cost limits in the range where the dear model is denied and a
+        # cheaper fallback fits: fallbacks get granted, not just tried.
+        self.set_budget(level, window, "cost_micros", limit, "hard")
+
     @rule(policy=st.sampled_from(["keep", "release"]))
     def set_expiry_policy(self, policy: str) -> None:
         self.b.admin.set_org_settings(self.org, expiry_policy=policy)
@@ -241,6 +248,17 @@ class BudgetMachine(RuleBasedStateMachine):
           ttl_s=st.sampled_from([None, 1, 30, 300, 3600]), batch=st.booleans())
     def reserve(self, level: int, model: str, fallbacks: list[str], est: dict[str, Any],
                 ttl_s: int | None, batch: bool) -> Any:
+        return self._reserve(level, model, fallbacks, est, ttl_s, batch)
+
+    @rule(target=reservations, level=st.integers(0, 3), input_tokens=st.integers(0, 500),
+          max_output_tokens=st.integers(1, 1000))
+    def reserve_dear_with_fallbacks(self, level: int, input_tokens: int,
+                                    max_output_tokens: int) -> Any:
+        est = {"input_tokens": input_tokens, "max_output_tokens": max_output_tokens}
+        return self._reserve(level, TEST_BIG, [TEST_MODEL, TEST_SMALL], est, None, False)
+
+    def _reserve(self, level: int, model: str, fallbacks: list[str], est: dict[str, Any],
+                 ttl_s: int | None, batch: bool) -> Any:
         fallbacks = [f for f in fallbacks if f != model]
         scope = self.scopes[level]
         paths = paths_of(scope)
