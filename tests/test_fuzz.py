@@ -307,5 +307,5 @@ def test_server_still_serves_after_fuzzing(fuzz_server: tuple[Budgetd, redis.Red
     assert r.hget("bd:{acme}:q:seed-1", "state") == b"held"
     st_ = b.client.get_budget("acme")
     assert st_.get("day", "tokens").reserved >= 100
-    res = b.client.reserve("acme/after", TEST_MODEL, tokens=1, cost_micros=1)
+    res = b.client.reserve("fresh-org/after", TEST_MODEL, tokens=1, cost_micros=1)
     assert res.allowed
