@@ -158,3 +158,66 @@ class AsyncGuardedStream:
         if not self._finished:
             self._finished = True
             self._hold.settle_later(self._tracker.usage(self._hold))
+
+
+class _GuardedMethod:
+    """One SDK resource (anthropic `messages`, openai `chat.completions`) whose
+    `create` is reserved around. Subclasses say how to read a request
+    (`hold_args`), a stream (`tracker`) and a response's usage (`usage_of`)."""
+
+    def __init__(self, target: Any, budget: Any, scope: str, fallbacks: Fallbacks) -> None:
+        self._target, self._budget, self._scope, self._fallbacks = (
+            target, budget, scope, fallbacks)
+
+    @staticmethod
+    def hold_args(kwargs: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def tracker() -> Tracker:
+        raise NotImplementedError
+
+    @staticmethod
+    def usage_of(usage: Any) -> Usage:
+        raise NotImplementedError
+
+    def _hold(self, kwargs: dict[str, Any]) -> Any:
+        model = kwargs["model"]
+        return self._budget.reserve(self._scope, model, **self.hold_args(kwargs),
+                                    fallback_models=fallbacks_for(self._fallbacks, model))
+
+    def _usage(self, result: Any) -> Usage | None:
+        return self.usage_of(result.usage) if result.usage else None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+
+class GuardedCreate(_GuardedMethod):
+    def create(self, **kwargs: Any) -> Any:
+        hold: Hold = self._hold(kwargs).open()
+        kwargs["model"] = hold.model
+        try:
+            result = self._target.create(**kwargs)
+        except BaseException:
+            hold.release()
+            raise
+        if kwargs.get("stream"):
+            return GuardedStream(result, hold, self.tracker())
+        settle_sync(hold, self._usage(result), result.id)
+        return result
+
+
+class AsyncGuardedCreate(_GuardedMethod):
+    async def create(self, **kwargs: Any) -> Any:
+        hold: AsyncHold = await self._hold(kwargs).open()
+        kwargs["model"] = hold.model
+        try:
+            result = await self._target.create(**kwargs)
+        except BaseException:
+            await hold.release()
+            raise
+        if kwargs.get("stream"):
+            return AsyncGuardedStream(result, hold, self.tracker())
+        await settle_async(hold, self._usage(result), result.id)
+        return result

@@ -11,10 +11,9 @@ from typing import Any
 from budgetd_client.estimate import count_tokens
 from budgetd_client.hooks import AsyncBudget, AsyncHold, Budget, Hold, _HoldBase
 from budgetd_client.integrations._common import (
-    AsyncGuardedStream,
+    AsyncGuardedCreate,
     Fallbacks,
-    GuardedStream,
-    fallbacks_for,
+    GuardedCreate,
     settle_async,
     settle_sync,
 )
@@ -151,65 +150,20 @@ class _AsyncStreamManager:
             await settle_async(self._hold, usage, message_id)
 
 
-class GuardedMessages:
-    def __init__(self, messages: Any, budget: Budget, scope: str, fallbacks: Fallbacks) -> None:
-        self._messages, self._budget, self._scope, self._fallbacks = (
-            messages, budget, scope, fallbacks)
+class _AnthropicMessages:
+    hold_args = staticmethod(_hold_args)
+    tracker = AnthropicTracker
+    usage_of = staticmethod(Usage.of)
 
-    def _hold(self, kwargs: dict[str, Any]) -> Hold:
-        model = kwargs["model"]
-        return self._budget.reserve(self._scope, model, **_hold_args(kwargs),
-                                    fallback_models=fallbacks_for(self._fallbacks, model))
 
-    def create(self, **kwargs: Any) -> Any:
-        hold = self._hold(kwargs).open()
-        kwargs["model"] = hold.model
-        try:
-            result = self._messages.create(**kwargs)
-        except BaseException:
-            hold.release()
-            raise
-        if kwargs.get("stream"):
-            return GuardedStream(result, hold, AnthropicTracker())
-        settle_sync(hold, Usage.of(result.usage) if result.usage else None, result.id)
-        return result
-
+class GuardedMessages(_AnthropicMessages, GuardedCreate):
     def stream(self, **kwargs: Any) -> _StreamManager:
-        return _StreamManager(self._messages, self._hold(kwargs), kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._messages, name)
+        return _StreamManager(self._target, self._hold(kwargs), kwargs)
 
 
-class AsyncGuardedMessages:
-    def __init__(self, messages: Any, budget: AsyncBudget, scope: str,
-                 fallbacks: Fallbacks) -> None:
-        self._messages, self._budget, self._scope, self._fallbacks = (
-            messages, budget, scope, fallbacks)
-
-    def _hold(self, kwargs: dict[str, Any]) -> AsyncHold:
-        model = kwargs["model"]
-        return self._budget.reserve(self._scope, model, **_hold_args(kwargs),
-                                    fallback_models=fallbacks_for(self._fallbacks, model))
-
-    async def create(self, **kwargs: Any) -> Any:
-        hold = await self._hold(kwargs).open()
-        kwargs["model"] = hold.model
-        try:
-            result = await self._messages.create(**kwargs)
-        except BaseException:
-            await hold.release()
-            raise
-        if kwargs.get("stream"):
-            return AsyncGuardedStream(result, hold, AnthropicTracker())
-        await settle_async(hold, Usage.of(result.usage) if result.usage else None, result.id)
-        return result
-
+class AsyncGuardedMessages(_AnthropicMessages, AsyncGuardedCreate):
     def stream(self, **kwargs: Any) -> _AsyncStreamManager:
-        return _AsyncStreamManager(self._messages, self._hold(kwargs), kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._messages, name)
+        return _AsyncStreamManager(self._target, self._hold(kwargs), kwargs)
 
 
 class GuardedAnthropic:

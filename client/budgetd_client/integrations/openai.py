@@ -10,14 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from budgetd_client.estimate import count_tokens
-from budgetd_client.hooks import AsyncBudget, AsyncHold, Budget, Hold, _HoldBase
+from budgetd_client.hooks import AsyncBudget, Budget, _HoldBase
 from budgetd_client.integrations._common import (
-    AsyncGuardedStream,
+    AsyncGuardedCreate,
     Fallbacks,
-    GuardedStream,
-    fallbacks_for,
-    settle_async,
-    settle_sync,
+    GuardedCreate,
 )
 from budgetd_client.types import Usage
 
@@ -82,61 +79,18 @@ def _prepare(kwargs: dict[str, Any]) -> dict[str, Any]:
             "max_tokens": None if cap is None else int(cap) * n}
 
 
-class GuardedCompletions:
-    def __init__(self, completions: Any, budget: Budget, scope: str,
-                 fallbacks: Fallbacks) -> None:
-        self._completions, self._budget, self._scope, self._fallbacks = (
-            completions, budget, scope, fallbacks)
-
-    def _hold(self, kwargs: dict[str, Any]) -> Hold:
-        model = kwargs["model"]
-        return self._budget.reserve(self._scope, model, **_prepare(kwargs),
-                                    fallback_models=fallbacks_for(self._fallbacks, model))
-
-    def create(self, **kwargs: Any) -> Any:
-        hold = self._hold(kwargs).open()
-        kwargs["model"] = hold.model
-        try:
-            result = self._completions.create(**kwargs)
-        except BaseException:
-            hold.release()
-            raise
-        if kwargs.get("stream"):
-            return GuardedStream(result, hold, OpenAITracker())
-        settle_sync(hold, usage_from_openai(result.usage) if result.usage else None, result.id)
-        return result
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._completions, name)
+class _OpenAICompletions:
+    hold_args = staticmethod(_prepare)
+    tracker = OpenAITracker
+    usage_of = staticmethod(usage_from_openai)
 
 
-class AsyncGuardedCompletions:
-    def __init__(self, completions: Any, budget: AsyncBudget, scope: str,
-                 fallbacks: Fallbacks) -> None:
-        self._completions, self._budget, self._scope, self._fallbacks = (
-            completions, budget, scope, fallbacks)
+class GuardedCompletions(_OpenAICompletions, GuardedCreate):
+    pass
 
-    def _hold(self, kwargs: dict[str, Any]) -> AsyncHold:
-        model = kwargs["model"]
-        return self._budget.reserve(self._scope, model, **_prepare(kwargs),
-                                    fallback_models=fallbacks_for(self._fallbacks, model))
 
-    async def create(self, **kwargs: Any) -> Any:
-        hold = await self._hold(kwargs).open()
-        kwargs["model"] = hold.model
-        try:
-            result = await self._completions.create(**kwargs)
-        except BaseException:
-            await hold.release()
-            raise
-        if kwargs.get("stream"):
-            return AsyncGuardedStream(result, hold, OpenAITracker())
-        await settle_async(hold, usage_from_openai(result.usage) if result.usage else None,
-                           result.id)
-        return result
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._completions, name)
+class AsyncGuardedCompletions(_OpenAICompletions, AsyncGuardedCreate):
+    pass
 
 
 class _Chat:
