@@ -26,12 +26,19 @@ class Settings:
     drain_s: float = 10.0
     log_level: str = "INFO"
     log_format: str = "json"
+    # After each write script, WAIT for this many replicas (0: don't wait).
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 100
+    # Most script calls coalesced into one pipeline (0: no batching, each
+    # call its own round trip).
+    redis_batch_max: int = 512
 
 
 _FLAGS: list[tuple[str, str, type, str]] = [
     ("listen", "BUDGETD_LISTEN", str, "gRPC listen address host:port"),
     ("redis_url", "BUDGETD_REDIS_URL", str,
-     "Redis URL (redis://, rediss://); empty: start an embedded Redis"),
+     "Redis URL: redis://, rediss://, redis+cluster://host:port[,host:port], "
+     "redis+sentinel://host:port[,host:port]/service[/db]; empty: start an embedded Redis"),
     ("data_dir", "BUDGETD_DATA_DIR", str, "data dir of the embedded Redis"),
     ("redis_timeout_s", "BUDGETD_REDIS_TIMEOUT_S", float, "timeout of each Redis command (s)"),
     ("expiry_interval_s", "BUDGETD_EXPIRY_INTERVAL_S", float,
@@ -39,6 +46,12 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("drain_s", "BUDGETD_DRAIN_S", float, "graceful shutdown drain time (s)"),
     ("log_level", "BUDGETD_LOG_LEVEL", str, "DEBUG, INFO, WARNING, ERROR"),
     ("log_format", "BUDGETD_LOG_FORMAT", str, "json or text"),
+    ("redis_wait_replicas", "BUDGETD_REDIS_WAIT_REPLICAS", int,
+     "after each write, WAIT until this many replicas have it (0: off)"),
+    ("redis_wait_timeout_ms", "BUDGETD_REDIS_WAIT_TIMEOUT_MS", int,
+     "WAIT timeout (ms); a write not replicated in time answers UNAVAILABLE"),
+    ("redis_batch_max", "BUDGETD_REDIS_BATCH_MAX", int,
+     "most concurrent script calls sent in one pipeline (0: no batching)"),
 ]
 
 
