@@ -137,7 +137,7 @@ class ScriptBatcher:
                         await self._run_cluster(batch)
                     else:
                         await self._run_single(batch)
-                except BaseException as e:  # noqa: BLE001 - handed to each caller
+                except BaseException as e:  # handed to each caller
                     for c in batch:
                         if not c.future.done():
                             c.future.set_exception(e)
@@ -231,6 +231,9 @@ class ScriptBatcher:
             groups: dict[str, tuple[ClusterNode, list[Call]]] = {}
             for c in todo:
                 node = cluster.get_node_from_key(c.keys[0])
+                if node is None:
+                    # No master for the slot (yet): refresh and try again.
+                    raise ClusterDownError(f"no node serves the slot of {c.keys[0]!r}")
                 groups.setdefault(node.name, (node, []))[1].append(c)
             outcomes = await asyncio.gather(
                 *(self._node_pipeline(node, calls) for node, calls in groups.values()),

@@ -129,19 +129,20 @@ def connect_redis(url: str, timeout_s: float) -> Any:
             db = int(parts[1]) if len(parts) == 2 else 0
         except ValueError:
             raise RedisUrlError(f"db {parts[1]!r} is not a number") from None
-        no_retry = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
-                    "retry": Retry(NoBackoff(), 0), "retry_on_timeout": False}
-        sentinel = Sentinel(
+        no_retry: dict[str, Any] = {
+            "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
+            "retry": Retry(NoBackoff(), 0), "retry_on_timeout": False}
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
             [(e.host, e.port) for e in _endpoints(hosts, url)],
             # The sentinels themselves usually have no password; the data
             # nodes get the URL's credentials.
             sentinel_kwargs=dict(no_retry),
             **no_retry,
         )
-        return sentinel.master_for(
-            service, redis_class=aioredis.Redis, db=db, username=user, password=password,
-            ssl=SENTINEL_SCHEMES[scheme], health_check_interval=0,
-            max_connections=MAX_CONNECTIONS, **no_retry)
+        master_kwargs: dict[str, Any] = {
+            "db": db, "username": user, "password": password, "ssl": SENTINEL_SCHEMES[scheme],
+            "health_check_interval": 0, "max_connections": MAX_CONNECTIONS, **no_retry}
+        return sentinel.master_for(service, redis_class=aioredis.Redis, **master_kwargs)
     if scheme in ("redis", "rediss", "unix"):
         return aioredis.from_url(
             url,
