@@ -37,26 +37,38 @@ def wait_until(pred: Callable[[], bool], timeout_s: float, what: str) -> float:
 class Node:
     def __init__(self, base: pathlib.Path, i: int, node_timeout_ms: int) -> None:
         self.dir = base / f"node{i}"
-        self.bus_port = free_port()
-        self.server = EmbeddedRedis(
-            self.dir, appendonly=False,
-            extra_args=["--cluster-enabled", "yes",
-                        "--cluster-config-file", str(self.dir / "nodes.conf"),
-                        "--cluster-node-timeout", str(node_timeout_ms),
-                        # The default bus port (port + 10000) can be taken or
-                        # beyond 65535 for an ephemeral port.
-                        "--cluster-port", str(self.bus_port),
-                        # A replica may be promoted even right after a restart.
-                        "--cluster-replica-validity-factor", "0"])
+        self.node_timeout_ms = node_timeout_ms
+        self.bus_port = 0
+        self.server = EmbeddedRedis(self.dir, appendonly=False)
         self.client: redis.Redis | None = None
         self.id = ""
+
+    def _args(self) -> list[str]:
+        return ["--cluster-enabled", "yes",
+                "--cluster-config-file", str(self.dir / "nodes.conf"),
+                "--cluster-node-timeout", str(self.node_timeout_ms),
+                # The default bus port (port + 10000) can be taken or beyond
+                # 65535 for an ephemeral port.
+                "--cluster-port", str(self.bus_port),
+                # A replica may be promoted even right after a restart.
+                "--cluster-replica-validity-factor", "0"]
 
     @property
     def port(self) -> int:
         return self.server.port
 
     def start(self) -> None:
-        self.server.start()
+        for attempt in range(3):
+            # A free port can be taken between probe and bind: new ports.
+            if not self.bus_port or attempt:
+                self.bus_port = free_port()
+            self.server.extra_args = self._args()
+            try:
+                self.server.start()
+                break
+            except Exception:
+                if attempt == 2:
+                    raise
         self.client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5,
                                   decode_responses=True)
         self.id = str(self.client.execute_command("CLUSTER", "MYID"))
@@ -77,11 +89,20 @@ class Node:
         if self.client is not None:
             self.client.close()
 
+    def restart(self) -> None:
+        """Start again on the same ports with the same nodes.conf: the node
+        rejoins the cluster (as a replica if its replica took over)."""
+        self.server.extra_args = self._args()
+        self.server.start()
+        self.client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5,
+                                  decode_responses=True)
+
     def stop(self) -> None:
-        if self.client is not None:
-            self.client.close()
+        # Test data is disposable: SIGKILL, so no SHUTDOWN waits for replicas.
         if self.alive():
-            self.server.stop()
+            self.kill()
+        elif self.client is not None:
+            self.client.close()
 
     def cluster_info(self) -> dict[str, str]:
         raw = self.r.execute_command("CLUSTER", "INFO")
@@ -169,11 +190,7 @@ class LocalCluster:
 
     def stop(self) -> None:
         for n in self.nodes:
-            try:
-                n.stop()
-            except Exception:
-                if n.alive():
-                    n.kill()
+            n.stop()
 
 
 class LocalSentinel:

@@ -131,7 +131,7 @@ def connect_redis(url: str, timeout_s: float) -> Any:
             raise RedisUrlError(f"db {parts[1]!r} is not a number") from None
         no_retry: dict[str, Any] = {
             "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
-            "retry": Retry(NoBackoff(), 0), "retry_on_timeout": False}
+            "retry": Retry(NoBackoff(), 0)}
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             [(e.host, e.port) for e in _endpoints(hosts, url)],
             # The sentinels themselves usually have no password; the data
