@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 
 import redis
-
 from budgetd.embedded import EmbeddedRedis, find_redis_server, free_port
 
 SLOTS = 16384

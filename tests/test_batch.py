@@ -11,9 +11,6 @@ from collections.abc import Iterator
 import grpc
 import pytest
 import redis
-from cluster import wait_until
-from conftest import T0, Budgetd, keyspace, ms
-
 from budgetd.batching import ScriptBatcher
 from budgetd.clock import ManualClock
 from budgetd.config import Settings
@@ -30,6 +27,8 @@ from budgetd_client import (
 )
 from budgetd_client._proto.budget.v1 import budget_pb2 as pb
 from budgetd_client._proto.budget.v1 import budget_pb2_grpc as pb_grpc
+from cluster import wait_until
+from conftest import T0, Budgetd, keyspace, ms
 
 DAY = "d20270315"
 

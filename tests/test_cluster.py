@@ -13,13 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
-from cluster import LocalCluster, wait_until
-from conftest import T0, Budgetd, ms
-
 from budgetd.clock import ManualClock
 from budgetd.config import Settings
 from budgetd.server import ServerThread
 from budgetd_client import AlreadyExists, BudgetClient, BudgetError, CallPolicy, Usage
+from cluster import LocalCluster, wait_until
+from conftest import T0, Budgetd, ms
 
 DAY = "d20270315"
 

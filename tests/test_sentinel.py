@@ -10,13 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from cluster import LocalSentinel, wait_until
-from conftest import T0, Budgetd, ms
-
 from budgetd.clock import ManualClock
 from budgetd.config import Settings
 from budgetd.server import ServerThread
 from budgetd_client import BudgetClient, BudgetError, CallPolicy, Usage
+from cluster import LocalSentinel, wait_until
+from conftest import T0, Budgetd, ms
 
 # down-after 1 s + election + promotion + client reconnect: well under this.
 RECOVERY_BOUND_S = 10.0
