@@ -21,15 +21,12 @@ request_id) replays it.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-try:  # C packing: the pure-Python packer costs ~30 µs per 40-argument script call.
-    from hiredis import pack_command as _hiredis_pack
-except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis])
-    _hiredis_pack = None
 
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.exceptions import (
@@ -49,6 +46,13 @@ if TYPE_CHECKING:
     from budgetd.scripts import Script
 
 log = logging.getLogger("budgetd.batching")
+
+# C packing: the pure-Python packer costs ~30 µs per 40-argument script call.
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    _hiredis_pack = importlib.import_module("hiredis").pack_command
+except ImportError:  # hiredis is a dependency (redis[hiredis]); stay correct without
+    _hiredis_pack = None
 
 # Calls per pipeline: bounds the reply a single read waits for and the time
 # Redis spends on one batch (~17 µs per reserve: 512 calls ≈ 9 ms).
