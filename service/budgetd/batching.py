@@ -73,6 +73,7 @@ MAX_WAIT_REPLICAS = 16
 LINGER_MIN_RATE = 1500.0
 MAX_LINGER_S = 0.004
 LINGER_STEP_S = 0.001
+LINGER_BATCH = 64
 RATE_ALPHA = 0.2
 MAX_WAIT_TIMEOUT_MS = 60_000
 
@@ -200,7 +201,9 @@ class ScriptBatcher:
         self.rate = (1 - RATE_ALPHA) * self.rate + RATE_ALPHA * (len(self._queue) / elapsed)
         if self.rate < self.linger_min_rate or self.max_linger_s <= 0:
             return
-        target = min(self.max_batch, int(self.rate * self.max_linger_s))
+        # A batch this large already amortises the round trip: no wait (a
+        # ReserveBatch call arrives with hundreds of calls at once).
+        target = min(self.max_batch, LINGER_BATCH, int(self.rate * self.max_linger_s))
         deadline = now + self.max_linger_s
         while len(self._queue) < target and time.monotonic() < deadline:
             await asyncio.sleep(LINGER_STEP_S)

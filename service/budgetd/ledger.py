@@ -446,6 +446,9 @@ class PricingSource:
         if not force and time.monotonic() - self._loaded_at < self.refresh_s:
             return self._table
         async with self._lock:
+            if not force and time.monotonic() - self._loaded_at < self.refresh_s:
+                # Another caller refreshed while this one waited for the lock.
+                return self._table
             from budgetd.pricing import ModelPricing
 
             raw = await self.redis.hgetall(w.PRICING_KEY)
