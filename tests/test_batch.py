@@ -96,11 +96,12 @@ def test_reserve_batch_is_one_pipeline_and_idempotent(budgetd: Budgetd,
 def test_batching_is_free_when_idle_and_coalesces_under_load(budgetd: Budgetd) -> None:
     b = budgetd
     st = batcher(b).stats
-    before = st.batches
+    before, lingers = st.batches, st.lingers
     for _ in range(20):
         assert b.client.reserve("idle/t", "m", tokens=1, cost_micros=1).allowed
-    # One call at a time: each goes out alone, at once (no linger).
+    # One call at a time: each goes out alone, at once (never held back).
     assert st.batches - before == 20
+    assert st.lingers == lingers
 
     async def load() -> None:
         async with AsyncBudgetClient(b.address, policy=CallPolicy(timeout_s=10,

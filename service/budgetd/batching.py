@@ -25,7 +25,7 @@ import importlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
@@ -70,7 +70,7 @@ MAX_WAIT_REPLICAS = 16
 # max_linger_s for the calls that rate predicts. gRPC in Python starts one
 # handler per loop turn, so without a short wait batches stay near 1 call and
 # every call pays its own socket write, read wakeup and Redis syscalls.
-LINGER_MIN_RATE = 1500.0
+LINGER_MIN_RATE = 800.0
 MAX_LINGER_S = 0.004
 LINGER_STEP_S = 0.001
 LINGER_BATCH = 64
@@ -109,8 +109,9 @@ class Stats:
     calls: int = 0
     noscript: int = 0
     wait_short: int = 0
+    # Pipelines held back a few ms to gather more calls.
+    lingers: int = 0
     largest: int = 0
-    sizes: list[int] = field(default_factory=list)
 
     @property
     def mean_batch(self) -> float:
@@ -142,6 +143,7 @@ class ScriptBatcher:
         # Recent arrival rate (calls/s), an EWMA over batches.
         self.rate = 0.0
         self._last_send = time.monotonic()
+        self._last_size = 0
         self.stats = Stats()
         self._queue: list[Call] = []
         self._pump: asyncio.Task[None] | None = None
@@ -168,6 +170,7 @@ class ScriptBatcher:
                         break
                 batch = self._queue[:self.max_batch]
                 del self._queue[:self.max_batch]
+                self._last_size = len(batch)
                 self.stats.batches += 1
                 self.stats.calls += len(batch)
                 self.stats.largest = max(self.stats.largest, len(batch))
@@ -192,18 +195,24 @@ class ScriptBatcher:
                 self._queue.clear()
 
     async def _gather(self) -> None:
-        """Under load only, wait a few ms for more calls. The load is the
-        recent arrival rate: idle or light traffic (< LINGER_MIN_RATE calls/s)
-        never waits, so low-load latency is one round trip."""
+        """Under concurrent load only, wait a few ms for more calls. The load
+        is the recent arrival rate: idle or light traffic (< LINGER_MIN_RATE
+        calls/s) never waits, so low-load latency is one round trip."""
         now = time.monotonic()
         elapsed = max(now - self._last_send, 1e-6)
         self._last_send = now
         self.rate = (1 - RATE_ALPHA) * self.rate + RATE_ALPHA * (len(self._queue) / elapsed)
-        if self.rate < self.linger_min_rate or self.max_linger_s <= 0:
+        # A lone sequential caller makes batches of 1 at any rate: waiting
+        # would only slow it. Concurrency shows as a previous batch of 2+.
+        if (self.rate < self.linger_min_rate or self.max_linger_s <= 0
+                or self._last_size < 2):
             return
         # A batch this large already amortises the round trip: no wait (a
         # ReserveBatch call arrives with hundreds of calls at once).
         target = min(self.max_batch, LINGER_BATCH, int(self.rate * self.max_linger_s))
+        if len(self._queue) >= target:
+            return
+        self.stats.lingers += 1
         deadline = now + self.max_linger_s
         while len(self._queue) < target and time.monotonic() < deadline:
             await asyncio.sleep(LINGER_STEP_S)
