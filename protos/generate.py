@@ -39,7 +39,8 @@ def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     written: list[pathlib.Path] = []
-    for path in sorted(out_dir.rglob("*.py*")):
+    for path in sorted(p for p in out_dir.rglob("*.py*")
+                       if p.suffix in (".py", ".pyi") and "__pycache__" not in p.parts):
         text = path.read_text()
         text = text.replace("from budget.v1 import", f"from {PACKAGE_PREFIX}budget.v1 import")
         text = text.replace("import budget.v1.", f"import {PACKAGE_PREFIX}budget.v1.")

@@ -83,10 +83,29 @@ def budgetd(r: redis.Redis, redis_server: EmbeddedRedis) -> Iterator[Budgetd]:
 
 
 def keyspace(client: redis.Redis) -> dict[bytes, Any]:
-    """Every key with its serialized value and whether it has a TTL."""
+    """Every key with its exact content (bytes) and whether it has a TTL.
+
+    Content, not DUMP: a hashtable-encoded hash may dump its fields in another
+    order after a mere read (incremental rehashing)."""
     out: dict[bytes, Any] = {}
     for key in client.scan_iter(count=1000):
-        out[key] = (client.type(key), client.dump(key), client.ttl(key) >= 0)
+        kind = client.type(key)
+        value: Any
+        if kind == b"hash":
+            value = client.hgetall(key)
+        elif kind == b"string":
+            value = client.get(key)
+        elif kind == b"set":
+            value = client.smembers(key)
+        elif kind == b"zset":
+            value = client.zrange(key, 0, -1, withscores=True)
+        elif kind == b"list":
+            value = client.lrange(key, 0, -1)
+        elif kind == b"stream":
+            value = client.xrange(key)
+        else:
+            value = client.dump(key)
+        out[key] = (kind, value, client.ttl(key) >= 0)
     return out
 
 

@@ -16,6 +16,7 @@ from budgetd_client.errors import (
 )
 from budgetd_client.sync import AdminClient, BudgetClient
 from budgetd_client.types import (
+    Alert,
     BudgetStatus,
     Denial,
     Recorded,
@@ -25,6 +26,8 @@ from budgetd_client.types import (
     Scope,
     Settlement,
     Usage,
+    UsageReport,
+    UsageRow,
     WindowStatus,
 )
 
@@ -32,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdminClient",
+    "Alert",
     "AlreadyExists",
     "AsyncAdminClient",
     "AsyncBudgetClient",
@@ -54,5 +58,7 @@ __all__ = [
     "Settlement",
     "Unauthenticated",
     "Usage",
+    "UsageReport",
+    "UsageRow",
     "WindowStatus",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -44,12 +45,15 @@ def reconcile(reservation_id: str, usage: Any, model: str,
 
 
 def record(scope: ScopeLike, model: str, usage: Any, request_id: str | None,
-           cost_micros: int | None, batch: bool) -> pb.RecordRequest:
+           cost_micros: int | None, batch: bool,
+           occurred_at: dt.datetime | None = None) -> pb.RecordRequest:
     req = pb.RecordRequest(request_id=request_id or new_request_id(),
                            scope=Scope.parse(scope).to_pb(), model=model,
                            usage=Usage.of(usage).to_pb(), batch=batch)
     if cost_micros is not None:
         req.cost_micros = cost_micros
+    if occurred_at is not None:
+        req.occurred_at.FromDatetime(occurred_at)
     return req
 
 

@@ -4,6 +4,7 @@ in how they run an Op."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -13,6 +14,8 @@ from budgetd_client._proto.budget.v1 import admin_pb2 as apb
 from budgetd_client._proto.budget.v1 import budget_pb2 as pb
 from budgetd_client.errors import BudgetError, from_code
 from budgetd_client.types import (
+    GROUP_BY,
+    PERIODS,
     BudgetStatus,
     Recorded,
     Reservation,
@@ -20,6 +23,7 @@ from budgetd_client.types import (
     Scope,
     ScopeLike,
     Settlement,
+    UsageReport,
 )
 
 R = TypeVar("R")
@@ -80,9 +84,11 @@ def release(reservation_id: str) -> Op[Settlement]:
 
 
 def record(scope: ScopeLike, model: str, usage: Any, *, request_id: str | None = None,
-           cost_micros: int | None = None, batch: bool = False) -> Op[Recorded]:
+           cost_micros: int | None = None, batch: bool = False,
+           occurred_at: dt.datetime | None = None) -> Op[Recorded]:
+    """occurred_at (aware datetime): charge past usage to that time's windows."""
     return Op("budget", "Record", _build.record(scope, model, usage, request_id, cost_micros,
-                                                batch),
+                                                batch, occurred_at),
               lambda r: Recorded(r.recorded.tokens, r.recorded.cost_micros, r))
 
 
@@ -127,3 +133,23 @@ def set_pricing(pricing: apb.ModelPricing) -> Op[apb.ModelPricing]:
 def get_pricing(model: str = "") -> Op[list[apb.ModelPricing]]:
     return Op("admin", "GetPricing", apb.GetPricingRequest(model=model),
               lambda r: list(r.pricing))
+
+
+def get_usage_report(org: str, period: str = "month", group_by: str = "team",
+                     period_id: str = "") -> Op[UsageReport]:
+    """period 'day' | 'month'; group_by 'team' | 'feature' | 'model' | 'scope_model'
+    (rows "team/feature|model");
+    period_id '2026-11-25' or '2026-11', empty: the current one."""
+    if period not in PERIODS:
+        raise ValueError(f"period {period!r}: expected one of {sorted(PERIODS)}")
+    if group_by not in GROUP_BY:
+        raise ValueError(f"group_by {group_by!r}: expected one of {sorted(GROUP_BY)}")
+    return Op("admin", "GetUsageReport",
+              apb.GetUsageReportRequest(org=org, period=PERIODS[period], period_id=period_id,
+                                        group_by=GROUP_BY[group_by]),
+              UsageReport.from_pb)
+
+
+def watch_alerts_request(org: str, after_id: str = "") -> apb.WatchAlertsRequest:
+    """WatchAlerts is a server stream: the clients run it directly, not as an Op."""
+    return apb.WatchAlertsRequest(org=org, after_id=after_id)

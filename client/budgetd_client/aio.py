@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
@@ -16,13 +16,14 @@ from budgetd_client._channel import CHANNEL_OPTIONS, CallPolicy, credentials, me
 from budgetd_client._proto.budget.v1 import admin_pb2_grpc as apb_grpc
 from budgetd_client._proto.budget.v1 import budget_pb2_grpc as pb_grpc
 from budgetd_client.errors import RETRYABLE, BudgetUnavailable, from_rpc_error
+from budgetd_client.types import Alert
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 def _runs(op: Callable[P, _ops.Op[R]]) -> Callable[Concatenate[AsyncClient, P], Awaitable[R]]:
-    async def method(self: AsyncClient, *args: P.args, **kwargs: P.kwargs) -> R:
+    async def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return await self.run(op(*args, **kwargs))
 
     functools.update_wrapper(method, op)
@@ -74,7 +75,7 @@ class AsyncClient:
                 raise from_rpc_error(e) from None
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.channel.close(None)
 
     async def __aenter__(self: Any) -> Any:
         return self
@@ -100,3 +101,19 @@ class AsyncAdminClient(AsyncClient):
     get_org_settings = _runs(_ops.get_org_settings)
     set_pricing = _runs(_ops.set_pricing)
     get_pricing = _runs(_ops.get_pricing)
+    get_usage_report = _runs(_ops.get_usage_report)
+
+    async def watch_alerts(self, org: str, after_id: str = "",
+                           timeout_s: float | None = None) -> AsyncIterator[Alert]:
+        """As AdminClient.watch_alerts, as an async iterator."""
+        call = self._stubs["admin"].WatchAlerts(
+            _ops.watch_alerts_request(org, after_id), timeout=timeout_s,
+            metadata=self._metadata)
+        try:
+            async for resp in call:
+                yield Alert.from_pb(resp.alert)
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise from_rpc_error(e) from None
+        finally:
+            call.cancel()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
@@ -14,6 +14,7 @@ from budgetd_client._channel import CHANNEL_OPTIONS, CallPolicy, credentials, me
 from budgetd_client._proto.budget.v1 import admin_pb2_grpc as apb_grpc
 from budgetd_client._proto.budget.v1 import budget_pb2_grpc as pb_grpc
 from budgetd_client.errors import RETRYABLE, BudgetUnavailable, from_rpc_error
+from budgetd_client.types import Alert
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -22,7 +23,7 @@ R = TypeVar("R")
 def _runs(op: Callable[P, _ops.Op[R]]) -> Callable[Concatenate[Client, P], R]:
     """Turns an op builder into a client method that runs it."""
 
-    def method(self: Client, *args: P.args, **kwargs: P.kwargs) -> R:
+    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.run(op(*args, **kwargs))
 
     functools.update_wrapper(method, op)
@@ -104,3 +105,22 @@ class AdminClient(Client):
     get_org_settings = _runs(_ops.get_org_settings)
     set_pricing = _runs(_ops.set_pricing)
     get_pricing = _runs(_ops.get_pricing)
+    get_usage_report = _runs(_ops.get_usage_report)
+
+    def watch_alerts(self, org: str, after_id: str = "",
+                     timeout_s: float | None = None) -> Iterator[Alert]:
+        """Alerts of an org as they fire, after after_id (an Alert.id; empty:
+        only new ones). Runs until timeout_s (None: no deadline), the server
+        shuts down, or the caller stops iterating. To resume after a break,
+        pass the last Alert.id seen. Not retried: a retry is a resume."""
+        stream = self._stubs["admin"].WatchAlerts(
+            _ops.watch_alerts_request(org, after_id), timeout=timeout_s,
+            metadata=self._metadata)
+        try:
+            for resp in stream:
+                yield Alert.from_pb(resp.alert)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise from_rpc_error(e) from None
+        finally:
+            stream.cancel()

@@ -245,3 +245,78 @@ class Rule:
         return cls(Scope.from_pb(r.scope), _WINDOW_NAMES.get(r.window, "?"),
                    _UNIT_NAMES.get(r.unit, "?"), r.limit, _MODE_NAMES.get(r.mode, "hard"),
                    tuple(r.alert_thresholds_percent))
+
+
+PERIODS = {"day": apb.PERIOD_DAY, "month": apb.PERIOD_MONTH}
+GROUP_BY = {"team": apb.GROUP_BY_TEAM, "feature": apb.GROUP_BY_FEATURE,
+            "model": apb.GROUP_BY_MODEL, "scope_model": apb.GROUP_BY_SCOPE_MODEL}
+_PERIOD_NAMES = {v: k for k, v in PERIODS.items()}
+_GROUP_NAMES = {v: k for k, v in GROUP_BY.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A budget alert: a threshold reached, a SOFT rule crossed, or a request
+    a SHADOW rule would have denied (kind)."""
+
+    id: str
+    kind: str  # 'threshold' | 'soft_over_limit' | 'shadow_would_deny'
+    scope: Scope
+    window: str
+    unit: str
+    mode: str
+    threshold_percent: int
+    limit: int
+    consumed: int
+    window_id: str
+    fired_at: dt.datetime
+    request_id: str
+
+    @classmethod
+    def from_pb(cls, a: pb.Alert) -> Alert:
+        return cls(a.id, a.kind, Scope.from_pb(a.scope), _WINDOW_NAMES.get(a.window, "?"),
+                   _UNIT_NAMES.get(a.unit, "?"), _MODE_NAMES.get(a.mode, "?"),
+                   a.threshold_percent, a.limit, a.consumed, a.window_id,
+                   a.fired_at.ToDatetime(dt.timezone.utc), a.request_id)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    group: str
+    input_tokens: int
+    output_tokens: int
+    cache_write_tokens: int
+    cache_read_tokens: int
+    cost_micros: int
+    requests: int
+    denials: int
+    shadow_denials: int
+
+    @classmethod
+    def from_pb(cls, r: apb.UsageRow) -> UsageRow:
+        return cls(r.group, r.input_tokens, r.output_tokens, r.cache_write_tokens,
+                   r.cache_read_tokens, r.cost_micros, r.requests, r.denials,
+                   r.shadow_denials)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    org: str
+    period: str  # 'day' | 'month'
+    period_id: str  # '2026-11-25' | '2026-11'
+    group_by: str  # 'team' | 'feature' | 'model'
+    rows: list[UsageRow]
+    total: UsageRow
+    raw: apb.GetUsageReportResponse = field(repr=False)
+
+    def row(self, group: str) -> UsageRow:
+        for r in self.rows:
+            if r.group == group:
+                return r
+        raise KeyError(group)
+
+    @classmethod
+    def from_pb(cls, r: apb.GetUsageReportResponse) -> UsageReport:
+        return cls(r.org, _PERIOD_NAMES.get(r.period, "?"), r.period_id,
+                   _GROUP_NAMES.get(r.group_by, "?"), [UsageRow.from_pb(x) for x in r.rows],
+                   UsageRow.from_pb(r.total), r)

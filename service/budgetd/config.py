@@ -26,6 +26,34 @@ class Settings:
     drain_s: float = 10.0
     log_level: str = "INFO"
     log_format: str = "json"
+    # Prometheus endpoint host:port; empty: off.
+    metrics_listen: str = ""
+    # Label denials with the team id (bounded, see metrics.MAX_TEAM_LABELS).
+    metrics_per_team: bool = False
+    # Plaintext host:port serving only grpc.health.v1.Health, for kubelet gRPC
+    # probes when the main port speaks TLS; empty: off.
+    health_listen: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # Set: clients must present a certificate signed by this CA (mTLS).
+    tls_client_ca_file: str = ""
+    # YAML/JSON list of token hashes; empty: no auth (loopback only).
+    auth_tokens_file: str = ""
+    # Serve without tokens on a non-loopback address.
+    insecure_no_auth: bool = False
+    # Alerts are POSTed here (Slack-compatible JSON); empty: no webhook.
+    webhook_url: str = ""
+    webhook_timeout_s: float = 5.0
+    webhook_max_attempts: int = 6
+    webhook_backoff_s: float = 0.5
+    webhook_poll_interval_s: float = 1.0
+    # Scheduled drift check (docs/drift.md); empty provider: off.
+    drift_provider: str = ""
+    drift_mapping_file: str = ""
+    drift_org: str = ""
+    drift_interval_s: float = 86_400.0
+    drift_threshold_percent: float = 1.0
+    drift_base_url: str = ""
     # After each write script, WAIT for this many replicas (0: don't wait).
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 100
@@ -46,6 +74,41 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("drain_s", "BUDGETD_DRAIN_S", float, "graceful shutdown drain time (s)"),
     ("log_level", "BUDGETD_LOG_LEVEL", str, "DEBUG, INFO, WARNING, ERROR"),
     ("log_format", "BUDGETD_LOG_FORMAT", str, "json or text"),
+    ("metrics_listen", "BUDGETD_METRICS_LISTEN", str,
+     "Prometheus metrics HTTP address host:port (e.g. 0.0.0.0:9464); empty: off"),
+    ("metrics_per_team", "BUDGETD_METRICS_PER_TEAM", bool,
+     "label denial metrics with the team id (bounded number of teams)"),
+    ("health_listen", "BUDGETD_HEALTH_LISTEN", str,
+     "plaintext gRPC address host:port serving only the health service (probes when "
+     "the main port uses TLS); empty: off"),
+    ("tls_cert_file", "BUDGETD_TLS_CERT_FILE", str, "server certificate chain (PEM)"),
+    ("tls_key_file", "BUDGETD_TLS_KEY_FILE", str, "server private key (PEM)"),
+    ("tls_client_ca_file", "BUDGETD_TLS_CLIENT_CA_FILE", str,
+     "CA bundle (PEM) for client certificates; set: mTLS required"),
+    ("auth_tokens_file", "BUDGETD_AUTH_TOKENS_FILE", str,
+     "YAML/JSON file of bearer token SHA-256 hashes; empty: no auth, loopback only"),
+    ("insecure_no_auth", "BUDGETD_INSECURE_NO_AUTH", bool,
+     "serve on a non-loopback address without tokens"),
+    ("webhook_url", "BUDGETD_WEBHOOK_URL", str,
+     "POST alerts here (Slack-compatible JSON); empty: no webhook"),
+    ("webhook_timeout_s", "BUDGETD_WEBHOOK_TIMEOUT_S", float, "timeout of one webhook POST (s)"),
+    ("webhook_max_attempts", "BUDGETD_WEBHOOK_MAX_ATTEMPTS", int,
+     "POST attempts per alert before it waits for the next poll"),
+    ("webhook_backoff_s", "BUDGETD_WEBHOOK_BACKOFF_S", float,
+     "first retry delay (s), doubled per attempt"),
+    ("webhook_poll_interval_s", "BUDGETD_WEBHOOK_POLL_INTERVAL_S", float,
+     "how often the alert streams are read for the webhook (s)"),
+    ("drift_provider", "BUDGETD_DRIFT_PROVIDER", str,
+     "scheduled drift check against anthropic or openai (admin key from "
+     "ANTHROPIC_ADMIN_KEY / OPENAI_ADMIN_KEY); empty: off"),
+    ("drift_mapping_file", "BUDGETD_DRIFT_MAPPING_FILE", str,
+     "budgets YAML with orgs.<org>.providers (the file budgetctl apply reads)"),
+    ("drift_org", "BUDGETD_DRIFT_ORG", str, "the org, when several orgs map the provider"),
+    ("drift_interval_s", "BUDGETD_DRIFT_INTERVAL_S", float, "how often the check runs (s)"),
+    ("drift_threshold_percent", "BUDGETD_DRIFT_THRESHOLD_PERCENT", float,
+     "alert when a day/scope/model drifts more than this percent"),
+    ("drift_base_url", "BUDGETD_DRIFT_BASE_URL", str,
+     "the provider API base URL; empty: the provider's own"),
     ("redis_wait_replicas", "BUDGETD_REDIS_WAIT_REPLICAS", int,
      "after each write, WAIT until this many replicas have it (0: off)"),
     ("redis_wait_timeout_ms", "BUDGETD_REDIS_WAIT_TIMEOUT_MS", int,
@@ -54,10 +117,18 @@ _FLAGS: list[tuple[str, str, type, str]] = [
      "most concurrent script calls sent in one pipeline (0: no batching)"),
 ]
 
+_TRUE = {"1", "true", "yes", "on"}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Settings()
     for name, env, typ, help_ in _FLAGS:
+        if typ is bool:
+            on = os.environ.get(env, "").strip().lower() in _TRUE
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name,
+                                action="store_true", default=on,
+                                help=f"{help_} [env {env}=1]")
+            continue
         default = os.environ.get(env, getattr(defaults, name))
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ,
                             default=typ(default) if default != "" else "",

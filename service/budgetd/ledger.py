@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from budgetd import windows as w
+from budgetd.alerts import alerts_key, fired_key
 from budgetd.clock import Clock
 from budgetd.errors import (
     AlreadyExists,
@@ -25,9 +26,11 @@ from budgetd.limits import (
     DENIED_RETENTION_S,
     EXPIRE_BATCH,
     MAX_REQUEST_COST_MICROS,
+    MONTH_RETENTION_S,
     RECORD_RETENTION_S,
 )
 from budgetd.pricing import PriceTable, PricingError, UnknownModelError, UsageTokens
+from budgetd.reports import report_key
 from budgetd.scripts import Scripts
 
 log = logging.getLogger("budgetd.ledger")
@@ -92,6 +95,14 @@ class RecordInput:
     usage: UsageTokens
     cost_micros: int | None = None
     batch: bool = False
+    # Past usage (imports): charged to the windows of this time; None: now.
+    occurred_ms: int | None = None
+
+
+# Record.occurred_at: how far back (the month counters' retention) and ahead
+# (clock skew) a recorded usage may be dated.
+MAX_RECORD_AGE_MS = MONTH_RETENTION_S * 1000
+MAX_RECORD_AHEAD_MS = 60_000
 
 
 @dataclass(slots=True)
@@ -105,6 +116,11 @@ class Answer:
 
 def usage_key(u: UsageTokens) -> str:
     return f"{u.input}:{u.output}:{u.cache_write_5m}:{u.cache_write_1h}:{u.cache_read}"
+
+
+def usage_split(u: UsageTokens) -> tuple[int, int, int, int]:
+    """Input, output, cache-write and cache-read tokens, as reports count them."""
+    return (u.input, u.output, u.cache_write_5m + u.cache_write_1h, u.cache_read)
 
 
 def reservation_id(org: str, request_id: str) -> str:
@@ -232,6 +248,11 @@ class Ledger:
                 w.window_key(org, win.day_id),
                 w.window_key(org, win.month_id),
                 w.expiry_key(org),
+                fired_key(org, win.day_id),
+                fired_key(org, win.month_id),
+                alerts_key(org),
+                report_key(org, win.day_id),
+                report_key(org, win.month_id),
             ]
             args: list[str | int] = [
                 req.request_id, req.scope.path, req.model, req.estimate_key(), req.ttl_s,
@@ -276,9 +297,11 @@ class Ledger:
         await self.pricing.refresh()
         rec = await self._read_reservation(org, req.request_id)
         now_ms = self.clock.now_ms()
+        split = (0, 0, 0, 0)
         if req.usage is None:
             op, tokens, cost, model, ukey = "release", 0, 0, "", ""
         else:
+            split = usage_split(req.usage)
             op = "reconcile"
             model = req.model or rec["granted"]
             ukey = usage_key(req.usage) + (f":{req.cost_micros}" if req.cost_micros is not None
@@ -297,9 +320,15 @@ class Ledger:
             w.window_key(org, rec["mwid"]),
             w.expiry_key(org),
             w.settings_key(org),
+            w.rules_key(org),
+            fired_key(org, rec["dwid"]),
+            fired_key(org, rec["mwid"]),
+            alerts_key(org),
+            report_key(org, rec["dwid"]),
+            report_key(org, rec["mwid"]),
         ]
         args: list[str | int] = [op, req.request_id, rec["dwid"], rec["mwid"], tokens, cost,
-                                 model, ukey, now_ms, RECORD_RETENTION_S]
+                                 model, ukey, now_ms, RECORD_RETENTION_S, *split]
         status, payload = _decode(await self.scripts.settle(self.redis, keys, args))
         if status in ("ok", "dup"):
             return Answer(json.loads(payload), replay=status == "dup")
@@ -317,24 +346,34 @@ class Ledger:
         org = req.scope.org
         await self.pricing.refresh()
         now_ms = self.clock.now_ms()
+        at_ms = now_ms
+        if req.occurred_ms is not None:
+            if not now_ms - MAX_RECORD_AGE_MS <= req.occurred_ms <= now_ms + MAX_RECORD_AHEAD_MS:
+                raise InvalidArgument("occurred_at", "must be within the last "
+                                      f"{MAX_RECORD_AGE_MS // 86_400_000} days, not in the future")
+            at_ms = req.occurred_ms
         if req.cost_micros is not None:
             cost = req.cost_micros
         else:
-            cost = self._price(self.pricing.table(), req.model, "model", req.usage, now_ms,
+            cost = self._price(self.pricing.table(), req.model, "model", req.usage, at_ms,
                                req.batch)
         await self._note_org(org)
         tz = await self.org_tz(org)
         ukey = usage_key(req.usage) + (f":{req.cost_micros}" if req.cost_micros is not None
-                                       else "") + (":b" if req.batch else "")
+                                       else "") + (":b" if req.batch else "") + (
+            f"@{req.occurred_ms}" if req.occurred_ms is not None else "")
         for _ in range(2):
-            win = w.windows_at(now_ms, tz)
+            win = w.windows_at(at_ms, tz)
             paths = req.scope.paths
             keys = [w.request_key(org, req.request_id), w.settings_key(org),
-                    w.window_key(org, win.day_id), w.window_key(org, win.month_id)]
+                    w.window_key(org, win.day_id), w.window_key(org, win.month_id),
+                    w.rules_key(org), fired_key(org, win.day_id),
+                    fired_key(org, win.month_id), alerts_key(org),
+                    report_key(org, win.day_id), report_key(org, win.month_id)]
             args: list[str | int] = [
                 req.request_id, req.scope.path, req.model, ukey, tz, now_ms, win.day_id,
                 win.month_id, win.day_expire_at_s, win.month_expire_at_s, RECORD_RETENTION_S,
-                req.usage.total, cost, len(paths), *paths,
+                req.usage.total, cost, len(paths), *paths, *usage_split(req.usage),
             ]
             status, payload = _decode(await self.scripts.record(self.redis, keys, args))
             if status == "stale_tz":
@@ -364,7 +403,8 @@ class Ledger:
             # A vanished record still gets a slot so the script drops its index entry.
             d = _s(dwid) if dwid else "d0"
             m = _s(mwid) if mwid else "m0"
-            keys += [w.request_key(org, rid), w.window_key(org, d), w.window_key(org, m)]
+            keys += [w.request_key(org, rid), w.window_key(org, d), w.window_key(org, m),
+                     report_key(org, d), report_key(org, m)]
             args.append(rid)
         return int(await self.scripts.expire(self.redis, keys, args))
 
@@ -444,6 +484,11 @@ class PricingSource:
 
     async def refresh(self, force: bool = False) -> PriceTable:
         if not force and time.monotonic() - self._loaded_at < self.refresh_s:
+            return self._table
+        if self._lock.locked() and self._loaded_at > 0:
+            # Another call is refreshing: use the current table rather than
+            # queue behind it (in an outage each waiter would add one Redis
+            # timeout, and calls would blow past their deadlines).
             return self._table
         async with self._lock:
             if not force and time.monotonic() - self._loaded_at < self.refresh_s:

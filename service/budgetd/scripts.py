@@ -5,10 +5,15 @@ persisted nor replicated: a restart or failover empties it)."""
 from __future__ import annotations
 
 import hashlib
+import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from budgetd import metrics
 
 if TYPE_CHECKING:
     from budgetd.batching import ScriptBatcher
@@ -32,15 +37,24 @@ class Script:
         self.batcher: ScriptBatcher | None = None
 
     async def __call__(self, client: Any, keys: list[str], args: list[str | int]) -> Any:
+        start = time.perf_counter()
         b = self.batcher
-        if b is not None and client is b.redis:
-            return await b.call(self, keys, args)
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            # NOSCRIPT means it did not run. EVAL runs it once and caches it,
-            # on the node that owns the keys.
-            return await client.eval(self.source, len(keys), *keys, *args)
+            if b is not None and client is b.redis:
+                return await b.call(self, keys, args)
+            try:
+                return await client.evalsha(self.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                # NOSCRIPT means it did not run. EVAL runs it once and caches it,
+                # on the node that owns the keys.
+                return await client.eval(self.source, len(keys), *keys, *args)
+        except RedisError as e:
+            kind = ("timeout" if isinstance(e, RedisTimeoutError) else
+                    "connection" if isinstance(e, RedisConnectionError) else "error")
+            metrics.REDIS_SCRIPT_ERRORS.labels(self.name, kind).inc()
+            raise
+        finally:
+            metrics.REDIS_SCRIPT_LATENCY.labels(self.name).observe(time.perf_counter() - start)
 
 
 class Scripts:
@@ -51,6 +65,7 @@ class Scripts:
         self.settle = Script("settle")
         self.record = Script("record")
         self.expire = Script("expire")
+        self.drift_alert = Script("drift_alert")
 
     def attach(self, batcher: ScriptBatcher | None) -> None:
         """Route every script call on `batcher.redis` through the batcher
@@ -59,4 +74,4 @@ class Scripts:
             s.batcher = batcher
 
     def all(self) -> list[Script]:
-        return [self.reserve, self.settle, self.record, self.expire]
+        return [self.reserve, self.settle, self.record, self.expire, self.drift_alert]

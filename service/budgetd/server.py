@@ -13,19 +13,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from budgetd_client._proto.budget.v1 import admin_pb2, admin_pb2_grpc, budget_pb2, budget_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.exceptions import RedisError
 
+from budgetd import metrics
 from budgetd.admin import Admin
+from budgetd.auth import Authorizer, check_protected_mode, load_tokens
 from budgetd.batching import ScriptBatcher
 from budgetd.clock import Clock, SystemClock
 from budgetd.config import Settings
+from budgetd.drift import DriftChecker, DriftConfig
 from budgetd.embedded import EmbeddedRedis
+from budgetd.interceptors import ServerInterceptor
 from budgetd.ledger import Ledger, PricingSource
 from budgetd.redis_conn import connect_redis
-from budgetd.service import BudgetAdminService, BudgetService
-from budgetd_client._proto.budget.v1 import admin_pb2, admin_pb2_grpc, budget_pb2, budget_pb2_grpc
+from budgetd.service import BudgetAdminService, BudgetService, DecodeGuard
+from budgetd.tls import server_credentials
+from budgetd.webhook import WebhookConfig, WebhookSender
 
 log = logging.getLogger("budgetd.server")
 
@@ -51,9 +57,20 @@ class App:
     port: int = 0
     ledger: Ledger | None = None
     batcher: ScriptBatcher | None = None
+    metrics_server: metrics.MetricsServer | None = None
+    # The plaintext health-only listener (--health-listen) and its port.
+    health_server: grpc.aio.Server | None = None
+    health_port: int = 0
 
     async def start(self) -> None:
         s = self.settings
+        # Configuration errors first: nothing starts on a bad config.
+        authorizer = Authorizer(load_tokens(s.auth_tokens_file) if s.auth_tokens_file else {})
+        if check_protected_mode(s.listen, authorizer.enabled, s.insecure_no_auth):
+            log.warning("no auth tokens configured: anyone who can connect may spend and "
+                        "change any budget; set --auth-tokens-file",
+                        extra={"listen": s.listen})
+        creds = server_credentials(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
         url = s.redis_url
         if not url:
             self.embedded = EmbeddedRedis(s.data_dir)
@@ -70,29 +87,81 @@ class App:
                                          wait_timeout_ms=s.redis_wait_timeout_ms)
             self.ledger.scripts.attach(self.batcher)
         admin = Admin(self.redis, self.ledger)
+        self.drift: DriftChecker | None = None
+        if s.drift_provider:  # Checked before serving: a bad mapping stops the start.
+            self.drift = DriftChecker(self.redis, self.ledger, self.clock, DriftConfig(
+                provider=s.drift_provider, mapping_file=s.drift_mapping_file,
+                org=s.drift_org or None, interval_s=s.drift_interval_s,
+                threshold_percent=s.drift_threshold_percent, base_url=s.drift_base_url))
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+        ], interceptors=[
+            ServerInterceptor(authorizer, metrics.TeamLabels(s.metrics_per_team)),
+            # Inner: malformed bytes reach the servicer, which answers INVALID_ARGUMENT.
+            DecodeGuard(SERVICE_NAMES),
         ])
         budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetService(self.ledger),
                                                             self.server)
-        admin_pb2_grpc.add_BudgetAdminServiceServicer_to_server(BudgetAdminService(admin),
+        # A blocking XREAD must return before the Redis socket timeout.
+        self.admin_service = BudgetAdminService(
+            admin, watch_block_ms=int(s.redis_timeout_s * 1000 / 2))
+        admin_pb2_grpc.add_BudgetAdminServiceServicer_to_server(self.admin_service,
                                                                 self.server)
-        self.health = health.aio.HealthServicer()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(s.listen)
+        if creds is not None:
+            self.port = self.server.add_secure_port(s.listen, creds)
+        else:
+            self.port = self.server.add_insecure_port(s.listen)
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {s.listen}")
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._set_ready(await self._redis_ok())
+        if s.health_listen:
+            await self._start_health_listener(s.health_listen)
         await self.server.start()
+        if s.metrics_listen:
+            self.metrics_server = metrics.MetricsServer(s.metrics_listen)
+            log.info("metrics serving", extra={"metrics_listen": s.metrics_listen,
+                                               "port": self.metrics_server.port})
         self._tasks = [asyncio.create_task(self._sweep_loop()),
                        asyncio.create_task(self._health_loop())]
-        log.info("budgetd serving", extra={"listen": s.listen, "port": self.port})
+        self.webhook: WebhookSender | None = None
+        if s.webhook_url:
+            self.webhook = WebhookSender(self.redis, WebhookConfig(
+                url=s.webhook_url, timeout_s=s.webhook_timeout_s,
+                max_attempts=s.webhook_max_attempts, backoff_s=s.webhook_backoff_s,
+                poll_interval_s=s.webhook_poll_interval_s))
+            self._tasks.append(asyncio.create_task(self.webhook.run()))
+            log.info("alert webhook enabled")  # Never the URL: it often holds a secret.
+        if self.drift is not None:
+            self._tasks.append(asyncio.create_task(self.drift.run()))
+            log.info("drift check enabled", extra={"provider": s.drift_provider,
+                                                   "interval_s": s.drift_interval_s})
+        log.info("budgetd serving", extra={"listen": s.listen, "port": self.port,
+                                           "tls": creds is not None,
+                                           "mtls": bool(s.tls_client_ca_file),
+                                           "auth_tokens": len(authorizer.tokens)})
+
+    async def _start_health_listener(self, listen: str) -> None:
+        """The kubelet's gRPC probe cannot speak TLS: a second, plaintext server
+        with the same health servicer (same statuses), and nothing else: no
+        budget or admin service, no reflection, so it needs no auth."""
+        self.health_server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", 4096),
+            ("grpc.so_reuseport", 0),
+        ], maximum_concurrent_rpcs=64)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+        self.health_port = self.health_server.add_insecure_port(listen)
+        if self.health_port == 0:
+            raise RuntimeError(f"cannot listen on {listen} (health)")
+        await self.health_server.start()
+        log.info("health serving", extra={"health_listen": listen, "port": self.health_port})
 
     async def _redis_ok(self) -> bool:
         try:
@@ -118,6 +187,7 @@ class App:
             try:
                 n = await self.ledger.expire_all()
                 if n:
+                    metrics.EXPIRED_RESERVATIONS.inc(n)
                     log.info("reservations expired", extra={"count": n})
             except (RedisError, OSError) as e:
                 log.warning("expiry sweep failed: %s", e)
@@ -126,20 +196,42 @@ class App:
             await asyncio.sleep(self.settings.expiry_interval_s)
 
     async def stop(self, grace_s: float | None = None) -> None:
+        """Drain, then close everything. Each step is bounded: a stuck step is
+        logged and skipped, so shutdown always ends."""
+        drain_s = self.settings.drain_s if grace_s is None else grace_s
+        if self.metrics_server is not None:
+            await _bounded("metrics server stop", asyncio.to_thread(self.metrics_server.stop))
+            self.metrics_server = None
         if self.server is not None:
+            self.admin_service.shutdown()
             with contextlib.suppress(Exception):
-                await self.health.enter_graceful_shutdown()
-            await self.server.stop(self.settings.drain_s if grace_s is None else grace_s)
-        for t in getattr(self, "_tasks", []):
+                await _bounded("health shutdown", self.health.enter_graceful_shutdown())
+            await _bounded("grpc server stop", self.server.stop(drain_s), drain_s + STEP_S)
+        if self.health_server is not None:
+            # After the main server: probes see NOT_SERVING while calls drain.
+            await _bounded("health server stop", self.health_server.stop(0))
+            self.health_server = None
+        tasks = getattr(self, "_tasks", [])
+        for t in tasks:
             t.cancel()
-        for t in getattr(self, "_tasks", []):
-            with contextlib.suppress(BaseException):
-                await t
+        if tasks:
+            await _bounded("background tasks", asyncio.gather(*tasks, return_exceptions=True))
         if self.redis is not None:
-            await self.redis.aclose()
+            await _bounded("redis close", self.redis.aclose())
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
             log.info("embedded redis stopped")
+
+
+# Bound of one shutdown step (beyond the drain time of the gRPC server).
+STEP_S = 10.0
+
+
+async def _bounded(what: str, aw: Any, timeout_s: float = STEP_S) -> None:
+    try:
+        await asyncio.wait_for(aw, timeout_s)
+    except asyncio.TimeoutError:
+        log.error("shutdown step timed out", extra={"step": what, "timeout_s": timeout_s})
 
 
 async def serve(settings: Settings, clock: Clock | None = None) -> None:
@@ -176,7 +268,13 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=timeout)
 
     def stop(self) -> None:
-        self.call(self.app.stop(grace_s=1.0))
+        try:
+            self.call(self.app.stop(grace_s=1.0))
+        except TimeoutError:
+            # Say what was stuck, then go on: a test must not hang forever.
+            for task in asyncio.all_tasks(self.loop):
+                task.print_stack()
+            raise
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()

@@ -3,55 +3,110 @@ gRPC statuses; Redis failures become UNAVAILABLE."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
+from budgetd_client._proto.budget.v1 import admin_pb2 as apb
+from budgetd_client._proto.budget.v1 import admin_pb2_grpc as apb_grpc
+from budgetd_client._proto.budget.v1 import budget_pb2 as pb
+from budgetd_client._proto.budget.v1 import budget_pb2_grpc as pb_grpc
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from budgetd import reports
 from budgetd import validate as v
 from budgetd.admin import Admin, Rule, check_rule
-from budgetd.errors import BudgetdError, InvalidArgument
+from budgetd.alerts import (
+    MAX_WATCHERS,
+    WATCH_BLOCK_MAX_MS,
+    Alert,
+    AlertReader,
+    alerts_of,
+    check_after_id,
+)
+from budgetd.errors import BudgetdError, InvalidArgument, ResourceExhausted
 from budgetd.ledger import Answer, Ledger, ReserveInput, ScopePath, reservation_id
 from budgetd.limits import MAX_RESERVE_BATCH
 from budgetd.pricing import InvalidPricingError, ModelPricing
-from budgetd.windows import window_label
-from budgetd_client._proto.budget.v1 import admin_pb2 as apb
-from budgetd_client._proto.budget.v1 import admin_pb2_grpc as apb_grpc
-from budgetd_client._proto.budget.v1 import budget_pb2 as pb
-from budgetd_client._proto.budget.v1 import budget_pb2_grpc as pb_grpc
+from budgetd.windows import window_label, windows_at
 
 log = logging.getLogger("budgetd.service")
 
-WINDOW_TO_PB = {"d": pb.WINDOW_DAY, "m": pb.WINDOW_MONTH}
-WINDOW_FROM_PB = {v_: k for k, v_ in WINDOW_TO_PB.items()}
-UNIT_TO_PB = {"t": pb.UNIT_TOKENS, "c": pb.UNIT_COST_MICROS}
-UNIT_FROM_PB = {v_: k for k, v_ in UNIT_TO_PB.items()}
-MODE_TO_PB = {"h": pb.MODE_HARD, "s": pb.MODE_SOFT, "w": pb.MODE_SHADOW}
-MODE_FROM_PB = {v_: k for k, v_ in MODE_TO_PB.items()}
-STATE_TO_PB = {
+WINDOW_TO_PB: dict[str, Any] = {"d": pb.WINDOW_DAY, "m": pb.WINDOW_MONTH}
+WINDOW_FROM_PB: dict[int, str] = {v_: k for k, v_ in WINDOW_TO_PB.items()}
+UNIT_TO_PB: dict[str, Any] = {"t": pb.UNIT_TOKENS, "c": pb.UNIT_COST_MICROS}
+UNIT_FROM_PB: dict[int, str] = {v_: k for k, v_ in UNIT_TO_PB.items()}
+MODE_TO_PB: dict[str, Any] = {"h": pb.MODE_HARD, "s": pb.MODE_SOFT, "w": pb.MODE_SHADOW}
+MODE_FROM_PB: dict[int, str] = {v_: k for k, v_ in MODE_TO_PB.items()}
+STATE_TO_PB: dict[str, Any] = {
     "held": pb.RESERVATION_STATE_HELD,
     "reconciled": pb.RESERVATION_STATE_RECONCILED,
     "released": pb.RESERVATION_STATE_RELEASED,
     "expired": pb.RESERVATION_STATE_EXPIRED,
 }
-EXPIRY_TO_PB = {"keep": pb.EXPIRY_POLICY_KEEP, "release": pb.EXPIRY_POLICY_RELEASE}
-EXPIRY_FROM_PB = {v_: k for k, v_ in EXPIRY_TO_PB.items()}
+EXPIRY_TO_PB: dict[str, Any] = {"keep": pb.EXPIRY_POLICY_KEEP, "release": pb.EXPIRY_POLICY_RELEASE}
+EXPIRY_FROM_PB: dict[int, str] = {v_: k for k, v_ in EXPIRY_TO_PB.items()}
 
 T = TypeVar("T")
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[T]]
+# grpc-stubs types the context as generic; at run time it is not subscriptable.
+Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Handler = Callable[[Any, Any, Ctx], Awaitable[T]]
+
+
+class Undecodable:
+    """Stands in for a request whose bytes are not a valid protobuf message.
+    grpc answers UNKNOWN when a deserializer raises; `rpc` turns this into
+    INVALID_ARGUMENT instead."""
+
+    def __init__(self, type_name: str, error: str) -> None:
+        self.type_name = type_name
+        self.error = error
+
+
+class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Wraps the request deserializer of budgetd's own services so that
+    malformed bytes reach the handler as an Undecodable."""
+
+    def __init__(self, service_names: tuple[str, ...]) -> None:
+        self.prefixes = tuple(f"/{n}/" for n in service_names)
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
+        method = str(handler_call_details.method)
+        if handler is None or not method.startswith(self.prefixes):
+            return handler
+        decode = handler.request_deserializer
+        if decode is None:
+            return handler
+        type_name = getattr(getattr(decode, "__self__", None), "DESCRIPTOR", None)
+        name = type_name.full_name if type_name is not None else method
+
+        def safe(data: bytes) -> Any:
+            try:
+                return decode(data)
+            except DecodeError as e:
+                return Undecodable(name, str(e))
+
+        return handler._replace(request_deserializer=safe)
 
 
 def rpc(fn: Handler[T]) -> Handler[T]:
     """Maps errors to gRPC statuses. A Redis outage is UNAVAILABLE, fast."""
 
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+    async def wrapper(self: Any, request: Any, context: Ctx) -> T:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"request: not a valid {request.type_name} message "
+                                f"({request.error[:200]})")
         try:
             return await fn(self, request, context)
         except BudgetdError as e:
@@ -96,6 +151,7 @@ def reserve_response(org: str, request_id: str, d: dict[str, Any]) -> pb.Reserve
             scope=scope_pb(c["path"]), window=WINDOW_TO_PB[c["w"]], unit=UNIT_TO_PB[c["u"]],
             mode=MODE_TO_PB[c["mode"]], limit=int(c["limit"]), used=int(c["used"]),
             reserved=int(c["reserved"]), requested=int(c["requested"])))
+    out.alerts.extend(a.to_pb() for a in alerts_of(d))
     if d["decision"] == "allowed":
         out.decision = pb.DECISION_ALLOWED
         out.reservation_id = reservation_id(org, request_id)
@@ -128,14 +184,14 @@ class BudgetService(pb_grpc.BudgetServiceServicer):
 
     @rpc
     async def Reserve(self, request: pb.ReserveRequest,
-                      context: grpc.aio.ServicerContext) -> pb.ReserveResponse:
+                      context: Ctx) -> pb.ReserveResponse:
         req = v.reserve(request)
         ans = await self.ledger.reserve(req)
         return reserve_response(req.scope.org, req.request_id, ans.data)
 
     @rpc
     async def ReserveBatch(self, request: pb.ReserveBatchRequest,
-                           context: grpc.aio.ServicerContext) -> pb.ReserveBatchResponse:
+                           context: Ctx) -> pb.ReserveBatchResponse:
         n = len(request.requests)
         if not 1 <= n <= MAX_RESERVE_BATCH:
             raise InvalidArgument("requests", f"{n} requests; expected 1..{MAX_RESERVE_BATCH}")
@@ -165,18 +221,19 @@ class BudgetService(pb_grpc.BudgetServiceServicer):
 
     @rpc
     async def Reconcile(self, request: pb.ReconcileRequest,
-                        context: grpc.aio.ServicerContext) -> pb.ReconcileResponse:
+                        context: Ctx) -> pb.ReconcileResponse:
         req = v.reconcile(request)
         d = (await self.ledger.settle(req)).data
         return pb.ReconcileResponse(
             state=STATE_TO_PB[d["state"]], late=bool(d["late"]),
             reserved=pb.Amount(tokens=int(d["tokens"]), cost_micros=int(d["cost"])),
             actual=pb.Amount(tokens=int(d["actual_tokens"]),
-                             cost_micros=int(d["actual_cost"])))
+                             cost_micros=int(d["actual_cost"])),
+            alerts=[a.to_pb() for a in alerts_of(d)])
 
     @rpc
     async def Release(self, request: pb.ReleaseRequest,
-                      context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:
+                      context: Ctx) -> pb.ReleaseResponse:
         req = v.release(request)
         d = (await self.ledger.settle(req)).data
         return pb.ReleaseResponse(
@@ -185,15 +242,16 @@ class BudgetService(pb_grpc.BudgetServiceServicer):
 
     @rpc
     async def Record(self, request: pb.RecordRequest,
-                     context: grpc.aio.ServicerContext) -> pb.RecordResponse:
+                     context: Ctx) -> pb.RecordResponse:
         req = v.record(request)
         d = (await self.ledger.record(req)).data
         return pb.RecordResponse(recorded=pb.Amount(tokens=int(d["tokens"]),
-                                                    cost_micros=int(d["cost"])))
+                                                    cost_micros=int(d["cost"])),
+                                 alerts=[a.to_pb() for a in alerts_of(d)])
 
     @rpc
     async def GetBudget(self, request: pb.GetBudgetRequest,
-                        context: grpc.aio.ServicerContext) -> pb.GetBudgetResponse:
+                        context: Ctx) -> pb.GetBudgetResponse:
         if not request.HasField("scope"):
             raise InvalidArgument("scope", "is required")
         sc = v.scope(request.scope)
@@ -229,13 +287,109 @@ def _window_unit(window: int, unit: int, prefix: str) -> tuple[str, str]:
     return WINDOW_FROM_PB[window], UNIT_FROM_PB[unit]
 
 
+PERIOD_FROM_PB = {apb.PERIOD_DAY: "d", apb.PERIOD_MONTH: "m"}
+GROUP_FROM_PB = {apb.GROUP_BY_TEAM: "team", apb.GROUP_BY_FEATURE: "feature",
+                 apb.GROUP_BY_MODEL: "model", apb.GROUP_BY_SCOPE_MODEL: "scope_model"}
+
+
+def usage_row_pb(r: reports.Row) -> apb.UsageRow:
+    return apb.UsageRow(
+        group=r.group, input_tokens=r.input_tokens, output_tokens=r.output_tokens,
+        cache_write_tokens=r.cache_write_tokens, cache_read_tokens=r.cache_read_tokens,
+        cost_micros=r.cost_micros, requests=r.requests, denials=r.denials,
+        shadow_denials=r.shadow_denials)
+
+
 class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
-    def __init__(self, admin: Admin) -> None:
+    def __init__(self, admin: Admin, watch_block_ms: int = 1000) -> None:
         self.admin = admin
+        self.alerts = AlertReader(admin.redis)
+        # Below the Redis socket timeout, or a quiet stream reads as an outage.
+        self.watch_block_ms = max(10, min(watch_block_ms, WATCH_BLOCK_MAX_MS))
+        self.watchers = 0
+        self.closing = asyncio.Event()
+
+    def shutdown(self) -> None:
+        """Ends every WatchAlerts stream after its current read."""
+        self.closing.set()
+
+    @rpc
+    async def GetUsageReport(self, request: apb.GetUsageReportRequest,
+                             context: Ctx) -> apb.GetUsageReportResponse:
+        org = v.check_id("org", request.org)
+        if request.period not in PERIOD_FROM_PB:
+            raise InvalidArgument("period", "must be PERIOD_DAY or PERIOD_MONTH")
+        if request.group_by not in GROUP_FROM_PB:
+            raise InvalidArgument("group_by",
+                                  "must be GROUP_BY_TEAM, GROUP_BY_FEATURE, GROUP_BY_MODEL or "
+                                  "GROUP_BY_SCOPE_MODEL")
+        period = PERIOD_FROM_PB[request.period]
+        group_by = GROUP_FROM_PB[request.group_by]
+        if request.period_id:
+            wid = reports.window_id_of(period, request.period_id)
+        else:
+            ledger = self.admin.ledger
+            win = windows_at(ledger.clock.now_ms(), await ledger.org_tz(org, fresh=True))
+            wid = win.day_id if period == "d" else win.month_id
+        rep = await reports.usage_report(self.admin.redis, org, wid, group_by)
+        return apb.GetUsageReportResponse(
+            org=org, period=request.period, period_id=window_label(wid),
+            group_by=request.group_by, rows=[usage_row_pb(r) for r in rep.rows],
+            total=usage_row_pb(rep.total))
+
+    async def WatchAlerts(self, request: apb.WatchAlertsRequest,
+                          context: Ctx
+                          ) -> AsyncIterator[apb.WatchAlertsResponse]:
+        # Validation and the first read go through _watch_start (mapped to a
+        # status by @rpc); the loop maps Redis errors itself.
+        org, cursor = await self._watch_start(request, context)
+        self.watchers += 1
+        closing = asyncio.ensure_future(self.closing.wait())
+        read: asyncio.Future[list[Alert]] | None = None
+        try:
+            while not self.closing.is_set() and not context.done():
+                read = asyncio.ensure_future(
+                    self.alerts.read(org, cursor, self.watch_block_ms))
+                # Shutdown ends the stream at once (status OK), not after the
+                # current blocking read nor by cancellation at the grace end.
+                await asyncio.wait({read, closing}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    read.cancel()
+                    with contextlib.suppress(BaseException):
+                        await read
+                    return
+                try:
+                    got = read.result()
+                except RedisError as e:
+                    log.warning("WatchAlerts read failed: %s", e)
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
+                    return
+                for a in got:
+                    cursor = a.id
+                    yield apb.WatchAlertsResponse(alert=a.to_pb())
+        finally:
+            # The caller may leave mid-read (the RPC is cancelled): stop the
+            # blocking read too, or it outlives the stream.
+            closing.cancel()
+            if read is not None and not read.done():
+                read.cancel()
+                with contextlib.suppress(BaseException):
+                    await read
+            self.watchers -= 1
+
+    @rpc
+    async def _watch_start(self, request: apb.WatchAlertsRequest,
+                           context: Ctx) -> tuple[str, str]:
+        org = v.check_id("org", request.org)
+        after = check_after_id("after_id", request.after_id)
+        if self.watchers >= MAX_WATCHERS:
+            raise ResourceExhausted(f"org: {MAX_WATCHERS} alert watchers already connected; "
+                                    "retry later", "org")
+        return org, after or await self.alerts.last_id(org)
 
     @rpc
     async def SetBudget(self, request: apb.SetBudgetRequest,
-                        context: grpc.aio.ServicerContext) -> apb.SetBudgetResponse:
+                        context: Ctx) -> apb.SetBudgetResponse:
         if not request.HasField("rule"):
             raise InvalidArgument("rule", "is required")
         r = request.rule
@@ -255,7 +409,7 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
 
     @rpc
     async def DeleteBudget(self, request: apb.DeleteBudgetRequest,
-                           context: grpc.aio.ServicerContext) -> apb.DeleteBudgetResponse:
+                           context: Ctx) -> apb.DeleteBudgetResponse:
         if not request.HasField("scope"):
             raise InvalidArgument("scope", "is required")
         sc = v.scope(request.scope)
@@ -264,7 +418,7 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
 
     @rpc
     async def ListBudgets(self, request: apb.ListBudgetsRequest,
-                          context: grpc.aio.ServicerContext) -> apb.ListBudgetsResponse:
+                          context: Ctx) -> apb.ListBudgetsResponse:
         org = v.check_id("org", request.org)
         rules = await self.admin.list_budgets(org)
         tz, expiry = await self.admin.get_settings(org)
@@ -274,7 +428,7 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
 
     @rpc
     async def SetOrgSettings(self, request: apb.SetOrgSettingsRequest,
-                             context: grpc.aio.ServicerContext) -> apb.SetOrgSettingsResponse:
+                             context: Ctx) -> apb.SetOrgSettingsResponse:
         s = request.settings
         org = v.check_id("settings.org", s.org)
         expiry = None
@@ -288,7 +442,7 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
 
     @rpc
     async def GetOrgSettings(self, request: apb.GetOrgSettingsRequest,
-                             context: grpc.aio.ServicerContext) -> apb.GetOrgSettingsResponse:
+                             context: Ctx) -> apb.GetOrgSettingsResponse:
         org = v.check_id("org", request.org)
         tz, exp = await self.admin.get_settings(org)
         return apb.GetOrgSettingsResponse(settings=apb.OrgSettings(
@@ -296,7 +450,7 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
 
     @rpc
     async def SetPricing(self, request: apb.SetPricingRequest,
-                         context: grpc.aio.ServicerContext) -> apb.SetPricingResponse:
+                         context: Ctx) -> apb.SetPricingResponse:
         if not request.HasField("pricing"):
             raise InvalidArgument("pricing", "is required")
         try:
@@ -308,7 +462,7 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
 
     @rpc
     async def GetPricing(self, request: apb.GetPricingRequest,
-                         context: grpc.aio.ServicerContext) -> apb.GetPricingResponse:
+                         context: Ctx) -> apb.GetPricingResponse:
         model = v.check_model("model", request.model) if request.model else ""
         return apb.GetPricingResponse(
             pricing=[m.to_proto() for m in await self.admin.get_pricing(model)])

@@ -3,6 +3,8 @@ Redis is touched. Errors name the field (InvalidArgument)."""
 
 from __future__ import annotations
 
+from budgetd_client._proto.budget.v1 import budget_pb2 as pb
+
 from budgetd.errors import InvalidArgument
 from budgetd.ledger import RecordInput, ReserveInput, ScopePath, SettleInput
 from budgetd.limits import (
@@ -15,7 +17,6 @@ from budgetd.limits import (
     MODEL_RE,
 )
 from budgetd.pricing import UsageTokens
-from budgetd_client._proto.budget.v1 import budget_pb2 as pb
 
 
 def check_id(field: str, value: str) -> str:
@@ -136,7 +137,8 @@ def parse_reservation_id(value: str) -> tuple[str, str]:
     if not value:
         raise InvalidArgument(field, "is required")
     org, sep, request_id = value.partition(":")
-    if not sep or not ID_RE.fullmatch(org) or not ID_RE.fullmatch(request_id) or not value.isascii():
+    ok = sep and ID_RE.fullmatch(org) and ID_RE.fullmatch(request_id) and value.isascii()
+    if not ok:
         raise InvalidArgument(field, f"{_show(value)} is not a reservation id "
                               "(as returned by Reserve: '<org>:<request_id>')")
     return org, request_id
@@ -171,4 +173,10 @@ def record(req: pb.RecordRequest) -> RecordInput:
     cost = None
     if req.HasField("cost_micros"):
         cost = check_amount("cost_micros", req.cost_micros, MAX_REQUEST_COST_MICROS)
-    return RecordInput(request_id, sc, model, u, cost_micros=cost, batch=req.batch)
+    occurred_ms = None
+    if req.HasField("occurred_at"):
+        occurred_ms = req.occurred_at.ToMilliseconds()
+        if occurred_ms <= 0:
+            raise InvalidArgument("occurred_at", "must be after 1970-01-01")
+    return RecordInput(request_id, sc, model, u, cost_micros=cost, batch=req.batch,
+                       occurred_ms=occurred_ms)

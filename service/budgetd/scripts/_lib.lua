@@ -32,3 +32,104 @@ local function adjust(key, paths, field, tokens, cost)
     if cost ~= 0 then redis.call('HINCRBY', key, field .. '|' .. p .. '|c', cost) end
   end
 end
+
+-- Alerts. Each (rule, window, threshold or kind) fires once per window: a
+-- marker field in the window's fired hash (bd:{org}:fired:<window_id>) is set
+-- in the same atomic script that appends the alert to the org's capped
+-- stream, so no race can fire it twice or skip it.
+local ALERT_STREAM_MAXLEN = 10000
+
+-- The rules on every level of a path for the given windows, both units.
+-- wins: list of {window code, counters key, window id, fired key}.
+local function load_rules(rules_key, paths, wins)
+  local fields, meta = {}, {}
+  for _, p in ipairs(paths) do
+    for _, w in ipairs(wins) do
+      for _, u in ipairs({'t', 'c'}) do
+        fields[#fields + 1] = p .. '|' .. w[1] .. '|' .. u
+        meta[#meta + 1] = {p, w, u}
+      end
+    end
+  end
+  local vals = redis.call('HMGET', rules_key, unpack(fields))
+  local out = {}
+  for i, m in ipairs(meta) do
+    if vals[i] then
+      local parts = split(vals[i], '|')
+      out[#out + 1] = {path = m[1], w = m[2][1], key = m[2][2], wid = m[2][3], fired = m[2][4],
+        u = m[3], limit = tonumber(parts[1]), mode = parts[2], ths = parts[3] or ''}
+    end
+  end
+  return out
+end
+
+-- ceil(limit * pct / 100) without forming limit * pct, which can pass 2^53.
+local function threshold_amount(limit, pct)
+  local q = math.floor(limit / 100)
+  return q * pct + math.ceil((limit - q * 100) * pct / 100)
+end
+
+-- Appends one alert (the caller checked its marker is unset) and sets the marker.
+-- ctx: {stream = key, now_ms = string, rid = request id}
+local function fire(ctx, out, r, tag, kind, th, consumed)
+  redis.call('HSET', r.fired, r.path .. '|' .. r.w .. '|' .. r.u .. '|' .. tag, ctx.now_ms)
+  local a = {kind = kind, path = r.path, w = r.w, u = r.u, mode = r.mode, th = th,
+    limit = istr(r.limit), consumed = istr(consumed), wid = r.wid, at = ctx.now_ms,
+    rid = ctx.rid}
+  a.id = redis.call('XADD', ctx.stream, 'MAXLEN', '~', ALERT_STREAM_MAXLEN, '*',
+    'kind', a.kind, 'path', a.path, 'w', a.w, 'u', a.u, 'mode', a.mode, 'th', a.th,
+    'limit', a.limit, 'consumed', a.consumed, 'wid', a.wid, 'at', a.at, 'rid', a.rid)
+  out[#out + 1] = a
+end
+
+local function fired_already(r, tags)
+  local fields = {}
+  for i, t in ipairs(tags) do fields[i] = r.path .. '|' .. r.w .. '|' .. r.u .. '|' .. t end
+  return redis.call('HMGET', r.fired, unpack(fields))
+end
+
+-- Threshold alerts of every rule after a charge (consumed = used + reserved,
+-- read back from the counters). Every threshold reached and not yet fired
+-- fires, so a jump from 40% to 95% fires 50, 75 and 90.
+local function threshold_alerts(ctx, rules, out)
+  for _, r in ipairs(rules) do
+    local cv = redis.call('HMGET', r.key, 'u|' .. r.path .. '|' .. r.u, 'r|' .. r.path .. '|' .. r.u)
+    local consumed = num(cv[1]) + num(cv[2])
+    local reached = {}
+    for _, t in ipairs(split(r.ths, ',')) do
+      if consumed >= threshold_amount(r.limit, tonumber(t)) then reached[#reached + 1] = t end
+    end
+    if #reached > 0 then
+      local got = fired_already(r, reached)
+      for i, t in ipairs(reached) do
+        if not got[i] then fire(ctx, out, r, t, 'threshold', t, consumed) end
+      end
+    end
+  end
+end
+
+-- A SOFT or SHADOW rule crossed by a granted request: once per window.
+local function crossing_alert(ctx, r, consumed, out)
+  local tag, kind = 'soft', 'soft_over_limit'
+  if r.mode == 'w' then tag, kind = 'shadow', 'shadow_would_deny' end
+  if not fired_already(r, {tag})[1] then fire(ctx, out, r, tag, kind, '100', consumed) end
+end
+
+-- Usage report counters (bd:{org}:rep:<window_id>), per group:
+--   t|<team>|<metric>   f|<team>[/<feature>]|<metric>   m|<model>|<metric>
+--   sm|<team>[/<feature>]|<model>|<metric>  (per scope and model: the drift check)
+-- metrics: i o cw cr (tokens by kind), c (cost micros), n (requests),
+-- d (denials), s (allowed, but a SHADOW rule would have denied).
+local function report_add(key, paths, model, metrics)
+  local org = paths[1]
+  local team, tf = '', ''
+  if paths[2] then team = string.sub(paths[2], #org + 2) end
+  if paths[3] then tf = string.sub(paths[3], #org + 2) else tf = team end
+  for _, g in ipairs({'t|' .. team, 'f|' .. tf, 'm|' .. model, 'sm|' .. tf .. '|' .. model}) do
+    for i = 1, #metrics, 2 do
+      if metrics[i + 1] ~= 0 then
+        redis.call('HINCRBY', key, g .. '|' .. metrics[i], istr(metrics[i + 1]))
+      end
+    end
+  end
+end

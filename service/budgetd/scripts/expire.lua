@@ -6,8 +6,8 @@
 --
 -- KEYS[1] expiry index     bd:{org}:exp
 -- KEYS[2] org settings     bd:{org}:cfg
--- KEYS[3k], KEYS[3k+1], KEYS[3k+2] for k = 1..n: request record, its day
---   counters, its month counters
+-- KEYS[5k-2] .. KEYS[5k+2] for k = 1..n: request record, its day counters,
+--   its month counters, its day report, its month report
 --
 -- ARGV[1] now_ms   ARGV[2] record retention after expiry (s)
 -- ARGV[2+k]: request_id of the k-th record
@@ -17,13 +17,14 @@
 local now_ms = tonumber(ARGV[1])
 local policy = redis.call('HGET', KEYS[2], 'expiry')
 if not policy then policy = 'keep' end
-local n = (#KEYS - 2) / 3
+local n = (#KEYS - 2) / 5
 local expired = 0
 for k = 1, n do
-  local req, day, month = KEYS[3 * k], KEYS[3 * k + 1], KEYS[3 * k + 2]
+  local req, day, month = KEYS[5 * k - 2], KEYS[5 * k - 1], KEYS[5 * k]
+  local repd, repm = KEYS[5 * k + 1], KEYS[5 * k + 2]
   local id = ARGV[2 + k]
   local rec = redis.call('HMGET', req, 'state', 'dwid', 'mwid', 'paths', 'tokens', 'cost',
-    'expires_ms')
+    'expires_ms', 'granted')
   if not rec[1] or rec[1] ~= 'held' then
     redis.call('ZREM', KEYS[1], id)
   elseif tonumber(rec[7]) <= now_ms
@@ -36,6 +37,9 @@ for k = 1, n do
     if policy == 'keep' then
       adjust(day, paths, 'u', t, c)
       adjust(month, paths, 'u', t, c)
+      -- Kept as spent: the estimate counts as cost in reports until settled.
+      report_add(repd, paths, rec[8], {'c', c})
+      report_add(repm, paths, rec[8], {'c', c})
     end
     redis.call('HSET', req, 'state', 'expired', 'expired_policy', policy)
     redis.call('EXPIRE', req, tonumber(ARGV[2]))

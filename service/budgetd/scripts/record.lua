@@ -5,6 +5,10 @@
 -- KEYS[2] org settings     bd:{org}:cfg
 -- KEYS[3] day counters     bd:{org}:w:d<YYYYMMDD>
 -- KEYS[4] month counters   bd:{org}:w:m<YYYYMM>
+-- KEYS[5] rules hash       bd:{org}:rules
+-- KEYS[6] day fired alerts, KEYS[7] month fired alerts
+-- KEYS[8] alert stream     bd:{org}:alerts
+-- KEYS[9] day report, KEYS[10] month report
 --
 -- ARGV[1] request_id        ARGV[2] scope path        ARGV[3] model
 -- ARGV[4] usage (canonical) ARGV[5] time zone assumed ARGV[6] now_ms
@@ -12,7 +16,8 @@
 -- ARGV[9] day keys expire-at (unix s)   ARGV[10] month keys expire-at (unix s)
 -- ARGV[11] record retention (s)
 -- ARGV[12] tokens           ARGV[13] cost micros
--- ARGV[14] n paths, then the n paths
+-- ARGV[14] n paths, then the n paths, then input, output, cache-write and
+--   cache-read tokens (reports)
 --
 -- Returns {status, payload}: 'ok'|'dup' with JSON, 'exists' with the
 -- differing field, 'stale_tz' with the org's time zone.
@@ -36,9 +41,20 @@ for i = 1, npaths do paths[i] = ARGV[14 + i] end
 local t, c = tonumber(ARGV[12]), tonumber(ARGV[13])
 adjust(KEYS[3], paths, 'u', t, c)
 adjust(KEYS[4], paths, 'u', t, c)
-redis.call('EXPIREAT', KEYS[3], tonumber(ARGV[9]))
-redis.call('EXPIREAT', KEYS[4], tonumber(ARGV[10]))
-local resp = cjson.encode({tokens = ARGV[12], cost = ARGV[13]})
+local o = 15 + npaths
+local used = {'n', 1, 'i', tonumber(ARGV[o]), 'o', tonumber(ARGV[o + 1]),
+  'cw', tonumber(ARGV[o + 2]), 'cr', tonumber(ARGV[o + 3]), 'c', c}
+report_add(KEYS[9], paths, ARGV[3], used)
+report_add(KEYS[10], paths, ARGV[3], used)
+local alerts = {}
+local rules = load_rules(KEYS[5], paths, {{'d', KEYS[3], ARGV[7], KEYS[6]},
+  {'m', KEYS[4], ARGV[8], KEYS[7]}})
+threshold_alerts({stream = KEYS[8], now_ms = ARGV[6], rid = ARGV[1]}, rules, alerts)
+for _, k in ipairs({KEYS[3], KEYS[6], KEYS[9]}) do redis.call('EXPIREAT', k, tonumber(ARGV[9])) end
+for _, k in ipairs({KEYS[4], KEYS[7], KEYS[10]}) do
+  redis.call('EXPIREAT', k, tonumber(ARGV[10]))
+end
+local resp = cjson.encode({tokens = ARGV[12], cost = ARGV[13], alerts = alerts})
 redis.call('HSET', req, 'kind', 'record', 'scope', ARGV[2], 'model', ARGV[3], 'usage', ARGV[4],
   'created_ms', ARGV[6], 'dwid', ARGV[7], 'mwid', ARGV[8], 'resp', resp)
 redis.call('EXPIRE', req, tonumber(ARGV[11]))

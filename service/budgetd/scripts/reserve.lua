@@ -8,6 +8,11 @@
 -- KEYS[4] day counters     bd:{org}:w:d<YYYYMMDD>
 -- KEYS[5] month counters   bd:{org}:w:m<YYYYMM>
 -- KEYS[6] expiry index     bd:{org}:exp
+-- KEYS[7] day fired alerts   bd:{org}:fired:d<YYYYMMDD>
+-- KEYS[8] month fired alerts bd:{org}:fired:m<YYYYMM>
+-- KEYS[9] alert stream       bd:{org}:alerts
+-- KEYS[10] day report        bd:{org}:rep:d<YYYYMMDD>
+-- KEYS[11] month report      bd:{org}:rep:m<YYYYMM>
 --
 -- ARGV[1]  request_id          ARGV[2]  scope path ("o/t/f")
 -- ARGV[3]  model (requested)   ARGV[4]  estimate (canonical string)
@@ -54,7 +59,7 @@ for i = 1, ncand do
 end
 
 -- Rules of every level, window and unit, and the counters they check.
-local wins = {{'d', KEYS[4], ARGV[11]}, {'m', KEYS[5], ARGV[12]}}
+local wins = {{'d', KEYS[4], ARGV[11], KEYS[7]}, {'m', KEYS[5], ARGV[12], KEYS[8]}}
 local units = {'t', 'c'}
 local rfields = {}
 for _, p in ipairs(paths) do
@@ -74,7 +79,8 @@ for pi, p in ipairs(paths) do
         local cf = {'u|' .. p .. '|' .. u, 'r|' .. p .. '|' .. u}
         local cv = redis.call('HMGET', w[2], cf[1], cf[2])
         rules[#rules + 1] = {level = pi, path = p, w = w[1], u = u, limit = tonumber(parts[1]),
-          mode = parts[2], used = num(cv[1]), reserved = num(cv[2])}
+          mode = parts[2], used = num(cv[1]), reserved = num(cv[2]), key = w[2], wid = w[3],
+          fired = w[4], ths = parts[3] or ''}
       end
     end
   end
@@ -138,6 +144,10 @@ if granted == nil then
   fields[#fields + 1] = 'resp'; fields[#fields + 1] = resp
   redis.call('HSET', req, unpack(fields))
   redis.call('EXPIRE', req, tonumber(ARGV[16]))
+  report_add(KEYS[10], paths, ARGV[3], {'d', 1})
+  report_add(KEYS[11], paths, ARGV[3], {'d', 1})
+  redis.call('EXPIREAT', KEYS[10], tonumber(ARGV[13]))
+  redis.call('EXPIREAT', KEYS[11], tonumber(ARGV[14]))
   return {'denied', resp}
 end
 
@@ -147,9 +157,29 @@ adjust(month, paths, 'r', granted.t, granted.c)
 redis.call('EXPIREAT', day, tonumber(ARGV[13]))
 redis.call('EXPIREAT', month, tonumber(ARGV[14]))
 
+-- Alerts: SOFT/SHADOW rules crossed, then thresholds reached after the charge.
+local alerts = {}
+local ctx = {stream = KEYS[9], now_ms = ARGV[9], rid = ARGV[1]}
+local would_deny = 0
+for _, r in ipairs(rules) do
+  local asked = granted.c
+  if r.u == 't' then asked = granted.t end
+  local consumed = r.used + r.reserved + asked
+  if r.mode ~= 'h' and consumed > r.limit then
+    if r.mode == 'w' then would_deny = 1 end
+    crossing_alert(ctx, r, consumed, alerts)
+  end
+end
+threshold_alerts(ctx, rules, alerts)
+report_add(KEYS[10], paths, granted.model, {'n', 1, 's', would_deny})
+report_add(KEYS[11], paths, granted.model, {'n', 1, 's', would_deny})
+-- EXPIREAT of a key that does not exist (no alert fired yet) is a no-op.
+for _, k in ipairs({KEYS[7], KEYS[10]}) do redis.call('EXPIREAT', k, tonumber(ARGV[13])) end
+for _, k in ipairs({KEYS[8], KEYS[11]}) do redis.call('EXPIREAT', k, tonumber(ARGV[14])) end
+
 local resp = cjson.encode({decision = 'allowed', model = granted.model, tokens = istr(granted.t),
   cost = istr(granted.c), expires_ms = ARGV[10], remaining = remaining(granted),
-  crossings = crossings})
+  crossings = crossings, alerts = alerts})
 local more = {'state', 'held', 'granted', granted.model, 'tokens', istr(granted.t),
   'cost', istr(granted.c), 'dwid', ARGV[11], 'mwid', ARGV[12], 'dexp', ARGV[13],
   'mexp', ARGV[14], 'paths', table.concat(paths, ','), 'expires_ms', ARGV[10], 'resp', resp}

@@ -9,12 +9,17 @@
 -- KEYS[3] month counters   (the reservation's month window)
 -- KEYS[4] expiry index     bd:{org}:exp
 -- KEYS[5] org settings     bd:{org}:cfg
+-- KEYS[6] rules hash       bd:{org}:rules
+-- KEYS[7] day fired alerts, KEYS[8] month fired alerts (the reservation's windows)
+-- KEYS[9] alert stream     bd:{org}:alerts
+-- KEYS[10] day report, KEYS[11] month report (the reservation's windows)
 --
 -- ARGV[1] op: 'reconcile' | 'release'     ARGV[2] request_id
 -- ARGV[3] day window id expected          ARGV[4] month window id expected
 -- ARGV[5] actual tokens                   ARGV[6] actual cost micros
 -- ARGV[7] actual model                    ARGV[8] usage (canonical string)
 -- ARGV[9] now_ms                          ARGV[10] record retention (s)
+-- ARGV[11..14] actual input, output, cache-write, cache-read tokens (reports)
 --
 -- Returns {status, payload}: 'ok'|'dup' with the answer as JSON,
 -- 'not_found', 'exists' with the differing field, 'precondition' with a
@@ -22,7 +27,8 @@
 
 local req = KEYS[1]
 local rec = redis.call('HMGET', req, 'kind', 'state', 'dwid', 'mwid', 'paths', 'tokens', 'cost',
-  'expires_ms', 'settle_model', 'settle_usage', 'settle_resp', 'expired_policy', 'release_resp')
+  'expires_ms', 'settle_model', 'settle_usage', 'settle_resp', 'expired_policy', 'release_resp',
+  'granted', 'dexp', 'mexp')
 if not rec[1] or rec[1] ~= 'reserve' then return {'not_found'} end
 local state = rec[2]
 if state == 'denied' then return {'precondition', 'the reservation was denied'} end
@@ -33,6 +39,8 @@ local now_ms = tonumber(ARGV[9])
 local paths = split(rec[5], ',')
 local est_t, est_c = tonumber(rec[6]), tonumber(rec[7])
 local day, month = KEYS[2], KEYS[3]
+local granted = rec[14]
+local repd, repm = KEYS[10], KEYS[11]
 
 -- Answers that need no write come first.
 if op == 'reconcile' and state == 'reconciled' then
@@ -58,6 +66,9 @@ if state == 'held' and tonumber(rec[8]) <= now_ms then
   if policy == 'keep' then
     adjust(day, paths, 'u', est_t, est_c)
     adjust(month, paths, 'u', est_t, est_c)
+    -- Kept as spent: the estimate counts as cost in reports until settled.
+    report_add(repd, paths, granted, {'c', est_c})
+    report_add(repm, paths, granted, {'c', est_c})
   end
   redis.call('ZREM', KEYS[4], ARGV[2])
   state = 'expired'
@@ -76,11 +87,24 @@ if op == 'reconcile' then
   elseif state == 'expired' and expired_policy == 'keep' then
     -- The estimate was kept as spent at expiry: replace it by the actual.
     dt, dc = act_t - est_t, act_c - est_c
+    report_add(repd, paths, granted, {'c', -est_c})
+    report_add(repm, paths, granted, {'c', -est_c})
   end
   adjust(day, paths, 'u', dt, dc)
   adjust(month, paths, 'u', dt, dc)
+  local used = {'i', tonumber(ARGV[11]), 'o', tonumber(ARGV[12]), 'cw', tonumber(ARGV[13]),
+    'cr', tonumber(ARGV[14]), 'c', act_c}
+  report_add(repd, paths, ARGV[7], used)
+  report_add(repm, paths, ARGV[7], used)
+  -- Actual usage above the estimate can reach thresholds.
+  local alerts = {}
+  local rules = load_rules(KEYS[6], paths, {{'d', day, ARGV[3], KEYS[7]},
+    {'m', month, ARGV[4], KEYS[8]}})
+  threshold_alerts({stream = KEYS[9], now_ms = ARGV[9], rid = ARGV[2]}, rules, alerts)
+  for _, k in ipairs({KEYS[7], repd}) do redis.call('EXPIREAT', k, tonumber(rec[15])) end
+  for _, k in ipairs({KEYS[8], repm}) do redis.call('EXPIREAT', k, tonumber(rec[16])) end
   resp = cjson.encode({state = 'reconciled', late = late, tokens = rec[6], cost = rec[7],
-    actual_tokens = ARGV[5], actual_cost = ARGV[6]})
+    actual_tokens = ARGV[5], actual_cost = ARGV[6], alerts = alerts})
   redis.call('HSET', req, 'state', 'reconciled', 'settle_model', ARGV[7], 'settle_usage', ARGV[8],
     'settle_resp', resp, 'late', late and '1' or '0')
 else
@@ -92,6 +116,8 @@ else
     -- The call never happened: give back what expiry kept as spent.
     adjust(day, paths, 'u', -est_t, -est_c)
     adjust(month, paths, 'u', -est_t, -est_c)
+    report_add(repd, paths, granted, {'c', -est_c})
+    report_add(repm, paths, granted, {'c', -est_c})
   else
     back_t, back_c = 0, 0
   end

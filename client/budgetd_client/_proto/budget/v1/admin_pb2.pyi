@@ -20,6 +20,7 @@ class GroupBy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GROUP_BY_TEAM: _ClassVar[GroupBy]
     GROUP_BY_FEATURE: _ClassVar[GroupBy]
     GROUP_BY_MODEL: _ClassVar[GroupBy]
+    GROUP_BY_SCOPE_MODEL: _ClassVar[GroupBy]
 PERIOD_UNSPECIFIED: Period
 PERIOD_DAY: Period
 PERIOD_MONTH: Period
@@ -27,6 +28,7 @@ GROUP_BY_UNSPECIFIED: GroupBy
 GROUP_BY_TEAM: GroupBy
 GROUP_BY_FEATURE: GroupBy
 GROUP_BY_MODEL: GroupBy
+GROUP_BY_SCOPE_MODEL: GroupBy
 
 class BudgetRule(_message.Message):
     __slots__ = ("scope", "window", "unit", "limit", "mode", "alert_thresholds_percent")
@@ -205,7 +207,7 @@ class GetUsageReportRequest(_message.Message):
     def __init__(self, org: _Optional[str] = ..., period: _Optional[_Union[Period, str]] = ..., period_id: _Optional[str] = ..., group_by: _Optional[_Union[GroupBy, str]] = ...) -> None: ...
 
 class UsageRow(_message.Message):
-    __slots__ = ("group", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens", "cost_micros", "requests", "denials")
+    __slots__ = ("group", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens", "cost_micros", "requests", "denials", "shadow_denials")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +216,7 @@ class UsageRow(_message.Message):
     COST_MICROS_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     DENIALS_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_DENIALS_FIELD_NUMBER: _ClassVar[int]
     group: str
     input_tokens: int
     output_tokens: int
@@ -222,7 +225,8 @@ class UsageRow(_message.Message):
     cost_micros: int
     requests: int
     denials: int
-    def __init__(self, group: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., cache_read_tokens: _Optional[int] = ..., cost_micros: _Optional[int] = ..., requests: _Optional[int] = ..., denials: _Optional[int] = ...) -> None: ...
+    shadow_denials: int
+    def __init__(self, group: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., cache_read_tokens: _Optional[int] = ..., cost_micros: _Optional[int] = ..., requests: _Optional[int] = ..., denials: _Optional[int] = ..., shadow_denials: _Optional[int] = ...) -> None: ...
 
 class GetUsageReportResponse(_message.Message):
     __slots__ = ("org", "period", "period_id", "group_by", "rows", "total")

@@ -185,7 +185,7 @@ class RuleCrossing(_message.Message):
     def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., window: _Optional[_Union[Window, str]] = ..., unit: _Optional[_Union[Unit, str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., limit: _Optional[int] = ..., used: _Optional[int] = ..., reserved: _Optional[int] = ..., requested: _Optional[int] = ...) -> None: ...
 
 class Alert(_message.Message):
-    __slots__ = ("id", "scope", "window", "unit", "mode", "threshold_percent", "limit", "consumed", "window_id", "fired_at", "request_id")
+    __slots__ = ("id", "scope", "window", "unit", "mode", "threshold_percent", "limit", "consumed", "window_id", "fired_at", "request_id", "kind")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +197,7 @@ class Alert(_message.Message):
     WINDOW_ID_FIELD_NUMBER: _ClassVar[int]
     FIRED_AT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     id: str
     scope: Scope
     window: Window
@@ -208,7 +209,8 @@ class Alert(_message.Message):
     window_id: str
     fired_at: _timestamp_pb2.Timestamp
     request_id: str
-    def __init__(self, id: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., window: _Optional[_Union[Window, str]] = ..., unit: _Optional[_Union[Unit, str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., threshold_percent: _Optional[int] = ..., limit: _Optional[int] = ..., consumed: _Optional[int] = ..., window_id: _Optional[str] = ..., fired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    kind: str
+    def __init__(self, id: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., window: _Optional[_Union[Window, str]] = ..., unit: _Optional[_Union[Unit, str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., threshold_percent: _Optional[int] = ..., limit: _Optional[int] = ..., consumed: _Optional[int] = ..., window_id: _Optional[str] = ..., fired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
     __slots__ = ("request_id", "scope", "model", "estimate", "ttl_seconds", "fallback_models", "batch")
@@ -293,20 +295,22 @@ class ReleaseResponse(_message.Message):
     def __init__(self, state: _Optional[_Union[ReservationState, str]] = ..., released: _Optional[_Union[Amount, _Mapping]] = ..., late: _Optional[bool] = ...) -> None: ...
 
 class RecordRequest(_message.Message):
-    __slots__ = ("request_id", "scope", "model", "usage", "cost_micros", "batch")
+    __slots__ = ("request_id", "scope", "model", "usage", "cost_micros", "batch", "occurred_at")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     COST_MICROS_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     scope: Scope
     model: str
     usage: Usage
     cost_micros: int
     batch: bool
-    def __init__(self, request_id: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_micros: _Optional[int] = ..., batch: _Optional[bool] = ...) -> None: ...
+    occurred_at: _timestamp_pb2.Timestamp
+    def __init__(self, request_id: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_micros: _Optional[int] = ..., batch: _Optional[bool] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RecordResponse(_message.Message):
     __slots__ = ("recorded", "alerts")

@@ -1,0 +1,106 @@
+"""Usage reports from counters the scripts keep (see report_add in _lib.lua):
+one hash per org and window, read with one HGETALL, never a keyspace scan.
+
+  bd:{org}:rep:<window_id>  hash  "<g>|<group>|<metric>" -> integer
+    g: t (team), f (team or team/feature), m (model),
+       sm ("team/feature|model": per scope and model, for the drift check)
+    metric: i o cw cr (tokens by kind), c (cost micros), n (requests),
+            d (denials), s (allowed, but a SHADOW rule would have denied)
+  EXPIREAT like the window counters: day + 36 days, month + 400 days, so
+  monthly reports work for 13 months.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from budgetd import windows as w
+from budgetd.errors import InvalidArgument, ResourceExhausted
+
+GROUPS = {"team": "t", "feature": "f", "model": "m", "scope_model": "sm"}
+METRICS = ("i", "o", "cw", "cr", "c", "n", "d", "s")
+# A report hash holds at most this many fields before we refuse to build a
+# response from it (bounded memory and message size; ~ 8 metrics x 3 groups
+# x 20k groups).
+MAX_REPORT_FIELDS = 500_000
+_DAY_RE = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})$")
+_MONTH_RE = re.compile(r"^([0-9]{4})-([0-9]{2})$")
+
+
+def report_key(org: str, window_id: str) -> str:
+    return f"{w.org_tag(org)}:rep:{window_id}"
+
+
+def window_id_of(period: str, period_id: str, field_name: str = "period_id") -> str:
+    """'2026-11-25' -> 'd20261125' (period 'd'); '2026-11' -> 'm202611' ('m')."""
+    m = (_DAY_RE if period == "d" else _MONTH_RE).fullmatch(period_id)
+    if m is None:
+        want = "YYYY-MM-DD" if period == "d" else "YYYY-MM"
+        raise InvalidArgument(field_name, f"{period_id[:40]!r} is not a {want} "
+                              f"{'day' if period == 'd' else 'month'}")
+    try:
+        dt.date(int(m[1]), int(m[2]), int(m[3]) if period == "d" else 1)
+    except ValueError as e:
+        raise InvalidArgument(field_name, f"{period_id!r} is not a date: {e}") from None
+    return period + "".join(m.groups())
+
+
+@dataclass(slots=True)
+class Row:
+    group: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
+    cost_micros: int = 0
+    requests: int = 0
+    denials: int = 0
+    shadow_denials: int = 0
+
+    def add(self, metric: str, n: int) -> None:
+        attr = _ATTR[metric]
+        setattr(self, attr, getattr(self, attr) + n)
+
+
+_ATTR = {"i": "input_tokens", "o": "output_tokens", "cw": "cache_write_tokens",
+         "cr": "cache_read_tokens", "c": "cost_micros", "n": "requests", "d": "denials",
+         "s": "shadow_denials"}
+
+
+@dataclass(slots=True)
+class Report:
+    org: str
+    window_id: str
+    group_by: str
+    rows: list[Row] = field(default_factory=list)
+    total: Row = field(default_factory=lambda: Row(""))
+
+
+def build(org: str, window_id: str, group_by: str, raw: dict[Any, Any]) -> Report:
+    g = GROUPS[group_by]
+    rows: dict[str, Row] = {}
+    for k, v in raw.items():
+        key = k.decode() if isinstance(k, bytes) else str(k)
+        kind, rest = key.split("|", 1)
+        if kind != g:
+            continue
+        group, metric = rest.rsplit("|", 1)
+        if metric not in _ATTR:
+            continue
+        rows.setdefault(group, Row(group)).add(metric, int(v))
+    rep = Report(org, window_id, group_by, sorted(rows.values(), key=lambda r: r.group))
+    for r in rep.rows:
+        for attr in _ATTR.values():
+            setattr(rep.total, attr, getattr(rep.total, attr) + getattr(r, attr))
+    return rep
+
+
+async def usage_report(redis: Any, org: str, window_id: str, group_by: str) -> Report:
+    key = report_key(org, window_id)
+    if await redis.hlen(key) > MAX_REPORT_FIELDS:
+        raise ResourceExhausted(f"org: the report has more than {MAX_REPORT_FIELDS} counters",
+                                "org")
+    return build(org, window_id, group_by, await redis.hgetall(key))

@@ -1,0 +1,321 @@
+"""budgetctl drift against a local fake of the providers' admin APIs and a
+real budgetd on a real Redis."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import pathlib
+import time
+from typing import Any
+
+import pytest
+from budgetd_client.cli.main import main
+from conftest import Budgetd
+from fake_admin_api import (
+    ANTHROPIC_KEY,
+    OPENAI_KEY,
+    FakeAdminAPI,
+    Fixture,
+    anthropic_result,
+    openai_result,
+)
+from helpers import TEST_MODEL, set_test_pricing
+
+D1, D2, D3 = dt.date(2027, 3, 1), dt.date(2027, 3, 2), dt.date(2027, 3, 3)
+MAPPING = """
+orgs:
+  acme:
+    limits:
+      - {window: month, unit: cost, limit_usd: "1000"}
+    providers:
+      anthropic:
+        workspaces: {wrkspc_search: search, default: ops}
+        api_keys: {apikey_rerank: search/rerank}
+      openai:
+        projects: {proj_search: search}
+        api_keys: {key_rerank: search/rerank}
+"""
+
+
+@pytest.fixture()
+def mapping_file(tmp_path: pathlib.Path) -> str:
+    p = tmp_path / "budgets.yaml"
+    p.write_text(MAPPING)
+    return str(p)
+
+
+@pytest.fixture(autouse=True)
+def keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_ADMIN_KEY", ANTHROPIC_KEY)
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", OPENAI_KEY)
+
+
+def record(b: Budgetd, scope: str, day: dt.date, rid: str, model: str = TEST_MODEL,
+           **usage: int) -> None:
+    b.client.record(scope, model, usage, request_id=rid,
+                    occurred_at=dt.datetime(day.year, day.month, day.day, 9,
+                                            tzinfo=dt.timezone.utc))
+
+
+def drift(b: Budgetd, api: FakeAdminAPI, mapping: str, provider: str, *extra: str
+          ) -> tuple[int, dict[str, Any], str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["--server", b.address, "drift", "--provider", provider, "--month", "2027-03",
+                 "--until", "2027-03-15", "-f", mapping, "--base-url", api.url,
+                 "--format", "json", *extra], out=out, err=err)
+    return code, (json.loads(out.getvalue()) if out.getvalue() else {}), err.getvalue()
+
+
+def rows_by(doc: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    return {(r["day"], r["scope"], r["model"]): r for r in doc["rows"]}
+
+
+# test-model prices (tests/helpers.py), micro-USD per token: input 1, output 2,
+# cache write 5m 1.25, 1h 2, cache read 0.1. This usage costs 2800 micro-USD.
+USAGE_A = dict(uncached=1000, output=500, cw5m=400, cw1h=100, cache_read=1000)
+BUDGETD_A = dict(input_tokens=1000, output_tokens=500, cache_creation_input_tokens=500,
+                 ephemeral_5m_input_tokens=400, ephemeral_1h_input_tokens=100,
+                 cache_read_input_tokens=1000)
+
+
+def test_exact_match_is_zero_drift_with_cost_report(budgetd: Budgetd, mapping_file: str) -> None:
+    set_test_pricing(budgetd.admin)
+    fx = Fixture(
+        anthropic_usage={
+            D1: [anthropic_result(TEST_MODEL, "wrkspc_search", "apikey_a", **USAGE_A)],
+            D2: [anthropic_result(TEST_MODEL, None, "apikey_b", **USAGE_A),
+                 anthropic_result(TEST_MODEL, "wrkspc_search", "apikey_rerank", **USAGE_A)]},
+        anthropic_costs={
+            D1: [{"amount": "0.28", "currency": "USD", "cost_type": "tokens",
+                  "description": "x", "model": TEST_MODEL, "workspace_id": "wrkspc_search",
+                  "token_type": None}]})
+    record(budgetd, "acme/search", D1, "r1", **BUDGETD_A)
+    record(budgetd, "acme/ops", D2, "r2", **BUDGETD_A)
+    record(budgetd, "acme/search/rerank", D2, "r3", **BUDGETD_A)
+    with FakeAdminAPI(fx) as api:
+        code, doc, err = drift(budgetd, api, mapping_file, "anthropic")
+    assert code == 0, err
+    rows = rows_by(doc)
+    assert set(rows) == {("2027-03-01", "search", TEST_MODEL), ("2027-03-02", "ops", TEST_MODEL),
+                         ("2027-03-02", "search/rerank", TEST_MODEL)}
+    for r in rows.values():
+        assert r["status"] == "ok" and r["diff_tokens"] == 0 and r["drift_percent"] == 0
+        assert r["provider"]["cost_micros"] == r["budgetd"]["cost_micros"] == 2800
+    assert rows[("2027-03-01", "search", TEST_MODEL)]["cost_source"] == "cost_report"
+    assert rows[("2027-03-02", "ops", TEST_MODEL)]["cost_source"] == "pricing"
+    assert doc["over_threshold"] == 0
+
+
+def test_missing_spend_found_then_recorded_once(budgetd: Budgetd, mapping_file: str,
+                                                r: Any) -> None:
+    set_test_pricing(budgetd.admin)
+    fx = Fixture(openai_usage={
+        D1: [openai_result(TEST_MODEL, "proj_search", "key_a", input_tokens=3000, cached=1000,
+                           output=400)],
+        D3: [openai_result(TEST_MODEL, "proj_other", "key_rerank", input_tokens=5000,
+                           cached=0, output=1000)]})
+    # budgetd saw day 1 fully, nothing of day 3 (say, a service without the hook).
+    record(budgetd, "acme/search", D1, "o1", input_tokens=2000, output_tokens=400,
+           cache_read_input_tokens=1000)
+    with FakeAdminAPI(fx) as api:
+        code, doc, _ = drift(budgetd, api, mapping_file, "openai")
+        assert code == 4
+        row = rows_by(doc)[("2027-03-03", "search/rerank", TEST_MODEL)]
+        assert row["status"] == "missing"
+        assert row["diff_tokens"] == 6000 and row["diff_cost_micros"] == 7000
+        assert row["drift_percent"] == 100.0
+        assert rows_by(doc)[("2027-03-01", "search", TEST_MODEL)]["status"] == "ok"
+
+        code, doc, err = drift(budgetd, api, mapping_file, "openai", "--record-missing")
+        assert code == 0, err
+        assert len(doc["recorded"]) == 1 and doc["recorded"][0]["cost_micros"] == 7000
+        assert all(x["status"] == "ok" for x in doc["rows"])
+        # Charged to day 3's window, not to "now" (the 15th).
+        rep = budgetd.admin.get_usage_report("acme", "day", "scope_model", "2027-03-03")
+        assert rep.row(f"search/rerank|{TEST_MODEL}").input_tokens == 5000
+        assert budgetd.admin.get_usage_report("acme", "day", "team", "2027-03-15").rows == []
+        month_cost = budgetd.admin.get_usage_report("acme", "month", "team",
+                                                    "2027-03").total.cost_micros
+
+        code, doc, _ = drift(budgetd, api, mapping_file, "openai", "--record-missing")
+        assert code == 0 and doc["recorded"] == []
+        assert all(x["diff_tokens"] == 0 for x in doc["rows"])
+    assert budgetd.admin.get_usage_report("acme", "month", "team",
+                                          "2027-03").total.cost_micros == month_cost
+
+
+def test_extra_spend_in_budgetd(budgetd: Budgetd, mapping_file: str) -> None:
+    set_test_pricing(budgetd.admin)
+    fx = Fixture(openai_usage={D2: [openai_result(TEST_MODEL, "proj_search", None,
+                                                  input_tokens=1000, output=0)]})
+    record(budgetd, "acme/search", D2, "e1", input_tokens=1500)
+    with FakeAdminAPI(fx) as api:
+        code, doc, _ = drift(budgetd, api, mapping_file, "openai", "--record-missing")
+    assert code == 4
+    row = rows_by(doc)[("2027-03-02", "search", TEST_MODEL)]
+    assert row["status"] == "extra" and row["diff_tokens"] == -500
+    assert row["diff_cost_micros"] == -500 and row["drift_percent"] == -50.0
+    assert doc["recorded"] == []  # never "records" a negative
+
+
+def test_pagination_over_several_pages(budgetd: Budgetd, mapping_file: str) -> None:
+    set_test_pricing(budgetd.admin)
+    days = [dt.date(2027, 3, d) for d in range(1, 15)]
+    fx = Fixture(anthropic_usage={
+        d: [anthropic_result(TEST_MODEL, "wrkspc_search", "k", uncached=100 * d.day)]
+        for d in days})
+    for d in days:
+        record(budgetd, "acme/search", d, f"p{d.day}", input_tokens=100 * d.day)
+    with FakeAdminAPI(fx) as api:
+        code, doc, err = drift(budgetd, api, mapping_file, "anthropic", "--page-limit", "4",
+                               "--no-cost-report")
+        reqs = [q for path, q in fx.requests if path.endswith("/messages")]
+    assert code == 0, err
+    assert len(reqs) == 4  # 15 day buckets (1st..15th), 4 per page
+    assert [dict(q).get("page") for q in reqs] == [None, "page_4", "page_8", "page_12"]
+    first = reqs[0]
+    assert ("group_by[]", "workspace_id") in first and ("bucket_width", "1d") in first
+    assert ("starting_at", "2027-03-01T00:00:00Z") in first
+    assert ("ending_at", "2027-03-16T00:00:00Z") in first
+    assert len(doc["rows"]) == 14 and all(x["status"] == "ok" for x in doc["rows"])
+
+
+def test_429_retry_after_is_honoured_and_bounded(budgetd: Budgetd, mapping_file: str) -> None:
+    set_test_pricing(budgetd.admin)
+    fx = Fixture(openai_usage={D1: [openai_result(TEST_MODEL, "proj_search", None,
+                                                  input_tokens=10)]},
+                 rate_limit_times=2, retry_after="0.3")
+    record(budgetd, "acme/search", D1, "x1", input_tokens=10)
+    with FakeAdminAPI(fx) as api:
+        t0 = time.monotonic()
+        code, _, err = drift(budgetd, api, mapping_file, "openai")
+        waited = time.monotonic() - t0
+        assert code == 0, err
+        assert waited >= 0.6  # two Retry-After waits
+        assert len(fx.requests) == 3
+        # A huge Retry-After is capped by --max-retry-after.
+        fx.rate_limit_times, fx.retry_after = 2, "3600"
+        t0 = time.monotonic()
+        code, _, err = drift(budgetd, api, mapping_file, "openai", "--max-retry-after", "0.2")
+        assert code == 0, err
+        assert time.monotonic() - t0 < 10
+        # Still limited after every attempt: a clear error, exit 5.
+        fx.rate_limit_times, fx.retry_after = 100, "0"
+        code, _, err = drift(budgetd, api, mapping_file, "openai")
+    assert code == 5 and "HTTP 429 after 5 attempts" in err
+
+
+@pytest.mark.parametrize("provider,env", [("anthropic", "ANTHROPIC_ADMIN_KEY"),
+                                          ("openai", "OPENAI_ADMIN_KEY")])
+def test_invalid_admin_key_is_a_clear_error(budgetd: Budgetd, mapping_file: str, provider: str,
+                                            env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "sk-expired-SECRET-123"
+    monkeypatch.setenv(env, secret)
+    with FakeAdminAPI() as api:
+        code, doc, err = drift(budgetd, api, mapping_file, provider)
+    assert code == 5 and doc == {}
+    assert "admin key was rejected (401" in err and "expired" in err
+    assert secret not in err
+    monkeypatch.delenv(env)
+    with FakeAdminAPI() as api:
+        code, _, err = drift(budgetd, api, mapping_file, provider)
+    assert code == 5 and f"set {env}" in err
+
+
+def test_unknown_model_and_unmapped_ids_are_reported(budgetd: Budgetd,
+                                                     mapping_file: str) -> None:
+    set_test_pricing(budgetd.admin)
+    fx = Fixture(openai_usage={D1: [
+        openai_result("gpt-unreleased-9", "proj_search", None, input_tokens=700, output=50),
+        openai_result(TEST_MODEL, "proj_unknown", "key_unknown", input_tokens=300)]})
+    with FakeAdminAPI(fx) as api:
+        code, doc, _ = drift(budgetd, api, mapping_file, "openai", "--record-missing")
+        out = io.StringIO()
+        main(["--server", budgetd.address, "drift", "--provider", "openai", "--month",
+              "2027-03", "--until", "2027-03-15", "-f", mapping_file, "--base-url", api.url],
+             out=out, err=io.StringIO())
+    assert code == 4
+    rows = rows_by(doc)
+    unk = rows[("2027-03-01", "search", "gpt-unreleased-9")]
+    assert unk["status"] == "unknown_model" and unk["provider"]["tokens"] == 750
+    assert unk["provider"]["cost_micros"] is None and unk["drift_percent"] == 100.0
+    unm = rows[("2027-03-01", "(unmapped)", TEST_MODEL)]
+    assert unm["status"] == "unmapped"
+    assert unm["unmapped_ids"] == ["workspace=proj_unknown api_key=key_unknown"]
+    assert doc["recorded"] == []
+    assert doc["skipped"][0]["model"] == "gpt-unreleased-9"
+    text = out.getvalue()
+    assert "gpt-unreleased-9" in text and "unknown_model" in text and "proj_unknown" in text
+
+
+def test_csv_and_table_output(budgetd: Budgetd, mapping_file: str) -> None:
+    set_test_pricing(budgetd.admin)
+    fx = Fixture(openai_usage={D1: [openai_result(TEST_MODEL, "proj_search", None,
+                                                  input_tokens=1000)]})
+    with FakeAdminAPI(fx) as api:
+        out = io.StringIO()
+        code = main(["--server", budgetd.address, "drift", "--provider", "openai", "--month",
+                     "2027-03", "--until", "2027-03-15", "-f", mapping_file, "--base-url",
+                     api.url, "--format", "csv", "--threshold-percent", "100"],
+                    out=out, err=io.StringIO())
+    assert code == 0  # 100% drift is not above a 100% threshold
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("day,scope,model,status,cost_source,provider_tokens")
+    assert lines[1] == (f"2027-03-01,search,{TEST_MODEL},missing,pricing,1000,0,1000,1000,0,"
+                        "1000,100.0000")
+
+
+def test_apply_accepts_and_checks_the_providers_section(budgetd: Budgetd,
+                                                        tmp_path: pathlib.Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(MAPPING)
+    assert main(["--server", budgetd.address, "apply", "-f", str(good)], out=io.StringIO(),
+                err=io.StringIO()) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MAPPING.replace("search/rerank}", "search/rerank/x/y}", 1))
+    err = io.StringIO()
+    assert main(["--server", budgetd.address, "apply", "-f", str(bad)], out=io.StringIO(),
+                err=err) == 2
+    assert "orgs.acme.providers.anthropic.api_keys.apikey_rerank" in err.getvalue()
+
+
+def test_scheduled_check_raises_a_drift_alert_once(
+        budgetd: Budgetd, r: Any, redis_server: Any, mapping_file: str) -> None:
+    """The server's scheduled mode (off by default), with a short interval:
+    drift above the threshold becomes one "drift" alert on the org's stream,
+    served by WatchAlerts; a later run does not repeat it."""
+    from budgetd.clock import ManualClock
+    from budgetd.config import Settings
+    from budgetd.server import ServerThread
+    from conftest import T0, ms
+
+    assert Settings().drift_provider == ""  # off by default
+    set_test_pricing(budgetd.admin)
+    # budgetd saw 2000 of the 3000 tokens' worth: 1000 of 3000 micro-USD missing.
+    record(budgetd, "acme/search", D3, "s1", input_tokens=2000)
+    fx = Fixture(openai_usage={D3: [openai_result(TEST_MODEL, "proj_search", None,
+                                                  input_tokens=2000, output=500)]})
+    with FakeAdminAPI(fx) as api:
+        settings = Settings(listen="127.0.0.1:0", redis_url=redis_server.url,
+                            redis_timeout_s=5.0, drift_provider="openai",
+                            drift_mapping_file=mapping_file, drift_interval_s=0.2,
+                            drift_threshold_percent=5.0, drift_base_url=api.url)
+        thread = ServerThread(settings, ManualClock(ms(T0))).start()
+        b = Budgetd(thread, thread.app.clock)  # type: ignore[arg-type]
+        try:
+            alerts = list(b.admin.watch_alerts("acme", after_id="0", timeout_s=5))
+            drift_alerts = [a for a in alerts if a.kind == "drift"]
+            assert len(drift_alerts) == 1
+            a = drift_alerts[0]
+            assert str(a.scope) == "acme/search" and a.window_id == "2027-03-03"
+            assert a.unit == "cost_micros" and a.limit == 3000 and a.consumed == 2000
+            assert a.threshold_percent == 34 and a.request_id == f"drift:openai:{TEST_MODEL}"
+            n_requests = len(fx.requests)
+            time.sleep(0.6)  # more runs
+            assert len(fx.requests) > n_requests
+            kinds = [e[1][b"kind"] for e in r.xrange("bd:{acme}:alerts")]
+            assert kinds.count(b"drift") == 1
+        finally:
+            b.close()

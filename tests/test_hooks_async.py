@@ -1,0 +1,111 @@
+"""The asyncio twins: AsyncBudget, `async with budget.reserve(...)`, and
+guard() around AsyncAnthropic / AsyncOpenAI, against a real budgetd."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+from budgetd_client import AsyncBudgetClient, BudgetExceeded
+from budgetd_client.estimate import count_tokens
+from budgetd_client.hooks import AsyncBudget
+from budgetd_client.integrations import guard
+from conftest import Budgetd
+from fake_providers import FakeProviders, Plan
+from helpers import TEST_MODEL, TEST_SMALL
+from hooks_support import MESSAGES, SCOPE, b, cost, counters, fake, settled
+
+__all__ = ["b", "fake"]
+
+
+def run(bd: Budgetd, body: Callable[[AsyncBudget], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        client = AsyncBudgetClient(bd.address)
+        try:
+            return await body(AsyncBudget(client, max_delay_s=5.0))
+        finally:
+            await client.close()
+    return asyncio.run(main())
+
+
+def claude(fake: FakeProviders) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(api_key="test", base_url=fake.url, max_retries=0)
+
+
+def gpt(fake: FakeProviders) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(api_key="test", base_url=fake.url + "/v1", max_retries=0)
+
+
+def test_async_anthropic_create_and_stream(b: Budgetd, fake: FakeProviders) -> None:
+    fake.plans.extend([Plan(input_tokens=100, output_tokens=10, cache_creation_input_tokens=8),
+                       Plan(input_tokens=50, output_tokens=5, cache_read_input_tokens=30)])
+
+    async def body(budget: AsyncBudget) -> None:
+        llm = guard(claude(fake), budget=budget, scope=SCOPE)
+        await llm.messages.create(model=TEST_MODEL, max_tokens=64, messages=MESSAGES)
+        stream = await llm.messages.create(model=TEST_MODEL, max_tokens=64,
+                                           messages=MESSAGES, stream=True)
+        kinds = [e.type async for e in stream]
+        assert kinds[-1] == "message_stop"
+
+    run(b, body)
+    assert counters(b) == settled(118 + 85, cost(100, 10, 8) + cost(50, 5, 0, 30))
+
+
+def test_async_messages_stream_helper_abandoned(b: Budgetd, fake: FakeProviders) -> None:
+    fake.plans.append(Plan(input_tokens=60, output_tokens=500,
+                           chunks=["red green blue ", "cyan ", "magenta"]))
+
+    async def body(budget: AsyncBudget) -> None:
+        llm = guard(claude(fake), budget=budget, scope=SCOPE)
+        async with llm.messages.stream(model=TEST_MODEL, max_tokens=600,
+                                       messages=MESSAGES) as s:
+            async for text in s.text_stream:
+                assert text == "red green blue "
+                break
+
+    run(b, body)
+    delivered = count_tokens("red green blue ", TEST_MODEL)
+    assert counters(b) == settled(60 + delivered, cost(60, delivered))
+
+
+def test_async_openai_stream_and_error_release(b: Budgetd, fake: FakeProviders) -> None:
+    fake.plans.extend([Plan(input_tokens=40, cache_read_input_tokens=60, output_tokens=7),
+                       Plan(status=500)])
+
+    async def body(budget: AsyncBudget) -> None:
+        llm = guard(gpt(fake), budget=budget, scope=SCOPE)
+        stream = await llm.chat.completions.create(model=TEST_MODEL, messages=MESSAGES,
+                                                   max_tokens=50, stream=True)
+        chunks = [c async for c in stream]
+        assert chunks[-1].usage is not None
+        with pytest.raises(openai.InternalServerError):
+            await llm.chat.completions.create(model=TEST_MODEL, messages=MESSAGES,
+                                              max_tokens=50)
+
+    run(b, body)
+    assert counters(b) == settled(107, cost(40, 7, 0, 60))
+
+
+def test_async_context_manager_fallback_and_denial(b: Budgetd, fake: FakeProviders) -> None:
+    b.admin.set_budget("acme/app", "month", "cost_micros", 1000)
+
+    async def body(budget: AsyncBudget) -> None:
+        async with budget.reserve(SCOPE, TEST_MODEL, input_tokens=100, max_tokens=1000,
+                                  fallback_models=[TEST_SMALL]) as r:
+            assert r.model == TEST_SMALL
+            await r.settle({"input_tokens": 100, "output_tokens": 50})
+        with pytest.raises(BudgetExceeded):
+            async with budget.reserve(SCOPE, TEST_MODEL, input_tokens=100, max_tokens=1000):
+                pytest.fail("the body must not run")
+        with pytest.raises(RuntimeError):
+            async with budget.reserve(SCOPE, TEST_SMALL, input_tokens=10, max_tokens=10):
+                raise RuntimeError("before any response")
+
+    run(b, body)
+    assert counters(b) == settled(150, cost(100, 50, scale_den=10))
+    assert fake.requests == []
