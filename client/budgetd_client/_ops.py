@@ -5,13 +5,14 @@ in how they run an Op."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from budgetd_client import _build
 from budgetd_client._proto.budget.v1 import admin_pb2 as apb
 from budgetd_client._proto.budget.v1 import budget_pb2 as pb
+from budgetd_client.errors import BudgetError, from_code
 from budgetd_client.types import (
     GROUP_BY,
     PERIODS,
@@ -46,6 +47,29 @@ def reserve(scope: ScopeLike, model: str, *, input_tokens: int | None = None,
                          cost_micros=cost_micros, ttl_seconds=ttl_seconds,
                          fallback_models=fallback_models, batch=batch)
     return Op("budget", "Reserve", req, lambda r: Reservation.from_pb(req.request_id, r))
+
+
+def reserve_batch(requests: Sequence[pb.ReserveRequest | Mapping[str, Any]]
+                  ) -> Op[list[Reservation | BudgetError]]:
+    """Many reservations in one call (at most 500). Each item is a
+    ReserveRequest or a dict of `reserve`'s arguments ({"scope": ..., "model":
+    ..., "tokens": ...}); each gets its own request_id and its own answer, in
+    order: a Reservation (allowed or denied), or the BudgetError the single
+    Reserve would have raised for it. A retry of the whole call reuses every
+    request_id, so it never charges twice."""
+    reqs = [r if isinstance(r, pb.ReserveRequest) else reserve(**r).request for r in requests]
+    msg = pb.ReserveBatchRequest(requests=reqs)
+
+    def parse(resp: pb.ReserveBatchResponse) -> list[Reservation | BudgetError]:
+        out: list[Reservation | BudgetError] = []
+        for req, res in zip(reqs, resp.results, strict=True):
+            if res.HasField("response"):
+                out.append(Reservation.from_pb(req.request_id, res.response))
+            else:
+                out.append(from_code(res.error_code, res.error_message))
+        return out
+
+    return Op("budget", "ReserveBatch", msg, parse)
 
 
 def reconcile(reservation_id: str, usage: Any, *, model: str = "",

@@ -86,6 +86,7 @@ class AsyncClient:
 
 class AsyncBudgetClient(AsyncClient):
     reserve = _runs(_ops.reserve)
+    reserve_batch = _runs(_ops.reserve_batch)
     reconcile = _runs(_ops.reconcile)
     release = _runs(_ops.release)
     record = _runs(_ops.record)

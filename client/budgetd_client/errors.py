@@ -84,3 +84,10 @@ def from_rpc_error(e: Any) -> BudgetError:
     code = e.code()
     cls = _BY_CODE.get(code, BudgetError)
     return cls(f"{code.name}: {e.details()}", code)
+
+
+def from_code(code_value: int, message: str) -> BudgetError:
+    """An error from a numeric gRPC status code (a ReserveBatch item's)."""
+    code = next((c for c in grpc.StatusCode if c.value[0] == code_value), grpc.StatusCode.UNKNOWN)
+    cls = _BY_CODE.get(code, BudgetError)
+    return cls(f"{code.name}: {message}", code)

@@ -88,6 +88,7 @@ class BudgetClient(Client):
     """Reserve before a model call, reconcile after it (or release)."""
 
     reserve = _runs(_ops.reserve)
+    reserve_batch = _runs(_ops.reserve_batch)
     reconcile = _runs(_ops.reconcile)
     release = _runs(_ops.release)
     record = _runs(_ops.record)

@@ -54,12 +54,19 @@ class Settings:
     drift_interval_s: float = 86_400.0
     drift_threshold_percent: float = 1.0
     drift_base_url: str = ""
+    # After each write script, WAIT for this many replicas (0: don't wait).
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 100
+    # Most script calls coalesced into one pipeline (0: no batching, each
+    # call its own round trip).
+    redis_batch_max: int = 512
 
 
 _FLAGS: list[tuple[str, str, type, str]] = [
     ("listen", "BUDGETD_LISTEN", str, "gRPC listen address host:port"),
     ("redis_url", "BUDGETD_REDIS_URL", str,
-     "Redis URL (redis://, rediss://); empty: start an embedded Redis"),
+     "Redis URL: redis://, rediss://, redis+cluster://host:port[,host:port], "
+     "redis+sentinel://host:port[,host:port]/service[/db]; empty: start an embedded Redis"),
     ("data_dir", "BUDGETD_DATA_DIR", str, "data dir of the embedded Redis"),
     ("redis_timeout_s", "BUDGETD_REDIS_TIMEOUT_S", float, "timeout of each Redis command (s)"),
     ("expiry_interval_s", "BUDGETD_EXPIRY_INTERVAL_S", float,
@@ -102,6 +109,12 @@ _FLAGS: list[tuple[str, str, type, str]] = [
      "alert when a day/scope/model drifts more than this percent"),
     ("drift_base_url", "BUDGETD_DRIFT_BASE_URL", str,
      "the provider API base URL; empty: the provider's own"),
+    ("redis_wait_replicas", "BUDGETD_REDIS_WAIT_REPLICAS", int,
+     "after each write, WAIT until this many replicas have it (0: off)"),
+    ("redis_wait_timeout_ms", "BUDGETD_REDIS_WAIT_TIMEOUT_MS", int,
+     "WAIT timeout (ms); a write not replicated in time answers UNAVAILABLE"),
+    ("redis_batch_max", "BUDGETD_REDIS_BATCH_MAX", int,
+     "most concurrent script calls sent in one pipeline (0: no batching)"),
 ]
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -273,6 +273,12 @@ class Ledger:
             return Answer(data, replay=status == "dup", extra={"tz": tz})
         raise Unavailable("the org's time zone changed during the call; retry")
 
+    async def reserve_many(self, reqs: list[ReserveInput]) -> list[Answer | BaseException]:
+        """ReserveBatch: each reservation as `reserve` makes it, with its own
+        answer or error. Every call reaches its script in the same event-loop
+        tick, so with the script batcher they all leave in one pipeline."""
+        return await asyncio.gather(*(self.reserve(r) for r in reqs), return_exceptions=True)
+
     async def _read_reservation(self, org: str, request_id: str) -> dict[str, str]:
         raw = await self.redis.hmget(w.request_key(org, request_id), "kind", "dwid", "mwid",
                                      "granted", "created_ms", "batch", "state")
@@ -485,6 +491,9 @@ class PricingSource:
             # timeout, and calls would blow past their deadlines).
             return self._table
         async with self._lock:
+            if not force and time.monotonic() - self._loaded_at < self.refresh_s:
+                # Another caller refreshed while this one waited for the lock.
+                return self._table
             from budgetd.pricing import ModelPricing
 
             raw = await self.redis.hgetall(w.PRICING_KEY)

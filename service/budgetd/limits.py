@@ -36,3 +36,5 @@ DAY_RETENTION_S = 36 * 86_400
 MONTH_RETENTION_S = 400 * 86_400
 
 EXPIRE_BATCH = 200
+# ReserveBatch: requests in one call (one pipeline).
+MAX_RESERVE_BATCH = 500

@@ -7,13 +7,16 @@ from __future__ import annotations
 import hashlib
 import time
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from budgetd import metrics
+
+if TYPE_CHECKING:
+    from budgetd.batching import ScriptBatcher
 
 
 def _source(name: str) -> str:
@@ -30,10 +33,15 @@ class Script:
         self.name = name
         self.source = _source(name)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+        # Set by Scripts.attach: calls on the batcher's client go through it.
+        self.batcher: ScriptBatcher | None = None
 
     async def __call__(self, client: Any, keys: list[str], args: list[str | int]) -> Any:
         start = time.perf_counter()
+        b = self.batcher
         try:
+            if b is not None and client is b.redis:
+                return await b.call(self, keys, args)
             try:
                 return await client.evalsha(self.sha, len(keys), *keys, *args)
             except NoScriptError:
@@ -58,6 +66,12 @@ class Scripts:
         self.record = Script("record")
         self.expire = Script("expire")
         self.drift_alert = Script("drift_alert")
+
+    def attach(self, batcher: ScriptBatcher | None) -> None:
+        """Route every script call on `batcher.redis` through the batcher
+        (None: direct calls again)."""
+        for s in self.all():
+            s.batcher = batcher
 
     def all(self) -> list[Script]:
         return [self.reserve, self.settle, self.record, self.expire, self.drift_alert]

@@ -13,23 +13,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import redis.asyncio as aioredis
 from budgetd_client._proto.budget.v1 import admin_pb2, admin_pb2_grpc, budget_pb2, budget_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from budgetd import metrics
 from budgetd.admin import Admin
 from budgetd.auth import Authorizer, check_protected_mode, load_tokens
+from budgetd.batching import ScriptBatcher
 from budgetd.clock import Clock, SystemClock
 from budgetd.config import Settings
 from budgetd.drift import DriftChecker, DriftConfig
 from budgetd.embedded import EmbeddedRedis
 from budgetd.interceptors import ServerInterceptor
 from budgetd.ledger import Ledger, PricingSource
+from budgetd.redis_conn import connect_redis
 from budgetd.service import BudgetAdminService, BudgetService, DecodeGuard
 from budgetd.tls import server_credentials
 from budgetd.webhook import WebhookConfig, WebhookSender
@@ -45,20 +44,7 @@ SERVICE_NAMES = (
 )
 MAX_MESSAGE_BYTES = 1 << 20
 
-
-def connect_redis(url: str, timeout_s: float) -> Any:
-    """A redis.asyncio client with explicit timeouts and no hidden retries:
-    redis-py 8 retries several times by default, which hides an outage and
-    blows past callers' deadlines."""
-    return aioredis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
-        health_check_interval=0,
-        max_connections=256,
-    )
+__all__ = ["App", "ServerThread", "connect_redis", "serve"]
 
 
 @dataclass
@@ -70,6 +56,7 @@ class App:
     embedded: EmbeddedRedis | None = None
     port: int = 0
     ledger: Ledger | None = None
+    batcher: ScriptBatcher | None = None
     metrics_server: metrics.MetricsServer | None = None
     # The plaintext health-only listener (--health-listen) and its port.
     health_server: grpc.aio.Server | None = None
@@ -94,6 +81,11 @@ class App:
         self.redis = connect_redis(url, s.redis_timeout_s)
         pricing = PricingSource(self.redis)
         self.ledger = Ledger(self.redis, self.clock, pricing)
+        if s.redis_batch_max > 0 or s.redis_wait_replicas > 0:
+            self.batcher = ScriptBatcher(self.redis, max_batch=max(s.redis_batch_max, 1),
+                                         wait_replicas=s.redis_wait_replicas,
+                                         wait_timeout_ms=s.redis_wait_timeout_ms)
+            self.ledger.scripts.attach(self.batcher)
         admin = Admin(self.redis, self.ledger)
         self.drift: DriftChecker | None = None
         if s.drift_provider:  # Checked before serving: a bad mapping stops the start.

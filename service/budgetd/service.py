@@ -33,7 +33,8 @@ from budgetd.alerts import (
     check_after_id,
 )
 from budgetd.errors import BudgetdError, InvalidArgument, ResourceExhausted
-from budgetd.ledger import Ledger, ScopePath, reservation_id
+from budgetd.ledger import Answer, Ledger, ReserveInput, ScopePath, reservation_id
+from budgetd.limits import MAX_RESERVE_BATCH
 from budgetd.pricing import InvalidPricingError, ModelPricing
 from budgetd.windows import window_label, windows_at
 
@@ -169,6 +170,10 @@ def reserve_response(org: str, request_id: str, d: dict[str, Any]) -> pb.Reserve
     return out
 
 
+def _batch_error(code: grpc.StatusCode, message: str) -> pb.ReserveBatchResult:
+    return pb.ReserveBatchResult(error_code=code.value[0], error_message=message)
+
+
 def _list(v_: Any) -> list[Any]:
     return v_ if isinstance(v_, list) else []
 
@@ -183,6 +188,36 @@ class BudgetService(pb_grpc.BudgetServiceServicer):
         req = v.reserve(request)
         ans = await self.ledger.reserve(req)
         return reserve_response(req.scope.org, req.request_id, ans.data)
+
+    @rpc
+    async def ReserveBatch(self, request: pb.ReserveBatchRequest,
+                           context: Ctx) -> pb.ReserveBatchResponse:
+        n = len(request.requests)
+        if not 1 <= n <= MAX_RESERVE_BATCH:
+            raise InvalidArgument("requests", f"{n} requests; expected 1..{MAX_RESERVE_BATCH}")
+        results: list[pb.ReserveBatchResult | None] = [None] * n
+        valid: list[tuple[int, ReserveInput]] = []
+        for i, item in enumerate(request.requests):
+            try:
+                valid.append((i, v.reserve(item)))
+            except BudgetdError as e:
+                results[i] = _batch_error(e.code, e.message)
+        answers = await self.ledger.reserve_many([req for _, req in valid])
+        for (i, req), ans in zip(valid, answers, strict=True):
+            if isinstance(ans, Answer):
+                results[i] = pb.ReserveBatchResult(
+                    response=reserve_response(req.scope.org, req.request_id, ans.data))
+            elif isinstance(ans, BudgetdError):
+                results[i] = _batch_error(ans.code, ans.message)
+            elif isinstance(ans, (RedisConnectionError, RedisTimeoutError, OSError)):
+                results[i] = _batch_error(grpc.StatusCode.UNAVAILABLE,
+                                          f"redis unavailable: {ans}")
+            elif isinstance(ans, RedisError):
+                log.error("redis error in ReserveBatch: %s", ans)
+                results[i] = _batch_error(grpc.StatusCode.INTERNAL, f"redis error: {ans}")
+            else:
+                raise ans
+        return pb.ReserveBatchResponse(results=[r for r in results if r is not None])
 
     @rpc
     async def Reconcile(self, request: pb.ReconcileRequest,

@@ -1,0 +1,363 @@
+"""Natural batching of Lua script calls.
+
+Concurrent script calls coalesce into one pipeline: a call queues itself and,
+when no pipeline is in flight, starts one on the next event-loop tick; while a
+pipeline is in flight, new calls queue and leave together when it returns.
+There is no fixed linger: an idle server sends each call at once (one tick),
+a loaded one sends batches as large as the load makes them. One round trip and
+one socket write per batch is what brings a Python server near the gRPC
+ceiling (see docs/scaling.md).
+
+Each call keeps its own answer: an error reply fails only its own call. A
+NOSCRIPT reply (a restarted or newly promoted master has an empty script
+cache) re-sends that call with EVAL, which runs and caches it on the node that
+owns its keys. With `wait_replicas` > 0 every pipeline ends with
+`WAIT n timeout` on the same connection (in a cluster: on each node's
+connection), and a call is acknowledged only once its write reached n
+replicas; otherwise it fails UNAVAILABLE and the client's retry (same
+request_id) replays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from budgetd.errors import Unavailable
+
+if TYPE_CHECKING:
+    from budgetd.scripts import Script
+
+log = logging.getLogger("budgetd.batching")
+
+# C packing: the pure-Python packer costs ~30 µs per 40-argument script call.
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    _hiredis_pack = importlib.import_module("hiredis").pack_command
+except ImportError:  # hiredis is a dependency (redis[hiredis]); stay correct without
+    _hiredis_pack = None
+
+# Calls per pipeline: bounds the reply a single read waits for and the time
+# Redis spends on one batch (~17 µs per reserve: 512 calls ≈ 9 ms).
+MAX_BATCH = 512
+# A cluster call that met MOVED/ASK/TRYAGAIN/CLUSTERDOWN or a dead node is
+# tried again after a slot-map refresh at most this many times.
+CLUSTER_ATTEMPTS = 3
+CLUSTER_RETRY_SLEEP_S = 0.05
+# Before sending, the pump yields to the event loop while the queue keeps
+# growing (each turn lets gRPC start more handlers), at most this many turns.
+# Idle, the first turn adds nothing and the call leaves at once.
+MAX_GATHER_TURNS = 8
+MAX_WAIT_REPLICAS = 16
+# Adaptive linger: above this arrival rate (calls/s) the pump waits up to
+# max_linger_s for the calls that rate predicts. gRPC in Python starts one
+# handler per loop turn, so without a short wait batches stay near 1 call and
+# every call pays its own socket write, read wakeup and Redis syscalls.
+LINGER_MIN_RATE = 800.0
+MAX_LINGER_S = 0.004
+LINGER_STEP_S = 0.001
+LINGER_BATCH = 64
+RATE_ALPHA = 0.2
+MAX_WAIT_TIMEOUT_MS = 60_000
+
+_CLUSTER_RETRYABLE = (MovedError, AskError, TryAgainError, ClusterDownError,
+                      RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class ReplicationTimeout(Unavailable):
+    """The write ran on the master but fewer than n replicas acknowledged it
+    within the WAIT timeout."""
+
+
+@dataclass(slots=True)
+class Call:
+    script: Script
+    keys: list[str]
+    args: list[str | int]
+    future: asyncio.Future[Any]
+    # After NOSCRIPT: send the source with EVAL.
+    use_eval: bool = False
+
+    def command(self) -> tuple[Any, ...]:
+        if self.use_eval:
+            return ("EVAL", self.script.source, len(self.keys), *self.keys, *self.args)
+        return ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+
+
+@dataclass
+class Stats:
+    """Counters for benchmarks and logs."""
+
+    batches: int = 0
+    calls: int = 0
+    noscript: int = 0
+    wait_short: int = 0
+    # Pipelines held back a few ms to gather more calls.
+    lingers: int = 0
+    largest: int = 0
+
+    @property
+    def mean_batch(self) -> float:
+        return self.calls / self.batches if self.batches else 0.0
+
+
+class ScriptBatcher:
+    """Runs script calls for one redis.asyncio client (Redis or RedisCluster)."""
+
+    def __init__(self, redis: Any, *, max_batch: int = MAX_BATCH, wait_replicas: int = 0,
+                 wait_timeout_ms: int = 100, max_linger_s: float = MAX_LINGER_S,
+                 linger_min_rate: float = LINGER_MIN_RATE) -> None:
+        if not 0 <= max_linger_s <= 0.05:
+            raise ValueError(f"max_linger_s {max_linger_s} out of range 0..0.05")
+        if not 1 <= max_batch <= 10_000:
+            raise ValueError(f"max_batch {max_batch} out of range 1..10000")
+        if not 0 <= wait_replicas <= MAX_WAIT_REPLICAS:
+            raise ValueError(f"wait_replicas {wait_replicas} out of range 0..{MAX_WAIT_REPLICAS}")
+        if not 0 <= wait_timeout_ms <= MAX_WAIT_TIMEOUT_MS:
+            raise ValueError(f"wait_timeout_ms {wait_timeout_ms} out of range "
+                             f"0..{MAX_WAIT_TIMEOUT_MS}")
+        self.redis = redis
+        self.cluster = isinstance(redis, RedisCluster)
+        self.max_batch = max_batch
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self.max_linger_s = max_linger_s
+        self.linger_min_rate = linger_min_rate
+        # Recent arrival rate (calls/s), an EWMA over batches.
+        self.rate = 0.0
+        self._last_send = time.monotonic()
+        self._last_size = 0
+        self.stats = Stats()
+        self._queue: list[Call] = []
+        self._pump: asyncio.Task[None] | None = None
+
+    async def call(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(Call(script, keys, args, fut))
+        if self._pump is None:
+            # Started as a task: it first runs on the next tick, after every
+            # handler already runnable in this tick has queued its call.
+            self._pump = asyncio.ensure_future(self._run())
+        return await fut
+
+    async def _run(self) -> None:
+        try:
+            while self._queue:
+                await self._gather()
+                for _ in range(MAX_GATHER_TURNS):
+                    n = len(self._queue)
+                    if n >= self.max_batch:
+                        break
+                    await asyncio.sleep(0)
+                    if len(self._queue) == n:
+                        break
+                batch = self._queue[:self.max_batch]
+                del self._queue[:self.max_batch]
+                self._last_size = len(batch)
+                self.stats.batches += 1
+                self.stats.calls += len(batch)
+                self.stats.largest = max(self.stats.largest, len(batch))
+                try:
+                    if self.cluster:
+                        await self._run_cluster(batch)
+                    else:
+                        await self._run_single(batch)
+                except BaseException as e:  # handed to each caller
+                    for c in batch:
+                        if not c.future.done():
+                            c.future.set_exception(e)
+                    if isinstance(e, asyncio.CancelledError):
+                        raise
+        finally:
+            self._pump = None
+            if self._queue:
+                # Cancelled with calls queued: they must not hang.
+                for c in self._queue:
+                    if not c.future.done():
+                        c.future.set_exception(Unavailable("server shutting down"))
+                self._queue.clear()
+
+    async def _gather(self) -> None:
+        """Under concurrent load only, wait a few ms for more calls. The load
+        is the recent arrival rate: idle or light traffic (< LINGER_MIN_RATE
+        calls/s) never waits, so low-load latency is one round trip."""
+        now = time.monotonic()
+        elapsed = max(now - self._last_send, 1e-6)
+        self._last_send = now
+        self.rate = (1 - RATE_ALPHA) * self.rate + RATE_ALPHA * (len(self._queue) / elapsed)
+        # A lone sequential caller makes batches of 1 at any rate: waiting
+        # would only slow it. Concurrency shows as a previous batch of 2+.
+        if (self.rate < self.linger_min_rate or self.max_linger_s <= 0
+                or self._last_size < 2):
+            return
+        # A batch this large already amortises the round trip: no wait (a
+        # ReserveBatch call arrives with hundreds of calls at once).
+        target = min(self.max_batch, LINGER_BATCH, int(self.rate * self.max_linger_s))
+        if len(self._queue) >= target:
+            return
+        self.stats.lingers += 1
+        deadline = now + self.max_linger_s
+        while len(self._queue) < target and time.monotonic() < deadline:
+            await asyncio.sleep(LINGER_STEP_S)
+        self._last_send = time.monotonic()
+
+    def _settle(self, call: Call, result: Any) -> None:
+        if call.future.done():
+            return
+        if isinstance(result, BaseException):
+            call.future.set_exception(result)
+        else:
+            call.future.set_result(result)
+
+    def _wait_cmd(self) -> tuple[Any, ...]:
+        return ("WAIT", self.wait_replicas, self.wait_timeout_ms)
+
+    def _check_wait(self, acked: Any, calls: list[Call]) -> BaseException | None:
+        if isinstance(acked, BaseException):
+            return acked
+        if int(acked) < self.wait_replicas:
+            self.stats.wait_short += 1
+            return ReplicationTimeout(
+                f"redis: the write reached {int(acked)} of {self.wait_replicas} replicas "
+                f"within {self.wait_timeout_ms} ms; retry with the same request_id")
+        return None
+
+    # -- one server (or a Sentinel-managed master) ---------------------------
+
+    async def _send(self, conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        if _hiredis_pack is not None:
+            await conn.send_packed_command(b"".join(_hiredis_pack(c) for c in commands))
+        else:
+            await conn.send_packed_command(conn.pack_commands(commands))
+        out: list[Any] = []
+        for _ in commands:
+            try:
+                out.append(await conn.read_response())
+            except ResponseError as e:
+                # An error reply fails one call; keep reading the others.
+                out.append(e)
+        return out
+
+    async def _run_single(self, batch: list[Call]) -> None:
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            todo = batch
+            for _ in range(2):
+                cmds = [c.command() for c in todo]
+                if self.wait_replicas:
+                    cmds.append(self._wait_cmd())
+                replies = await self._send(conn, cmds)
+                wait_err = self._check_wait(replies[-1], todo) if self.wait_replicas else None
+                retry: list[Call] = []
+                for c, r in zip(todo, replies, strict=False):
+                    if isinstance(r, NoScriptError) and not c.use_eval:
+                        self.stats.noscript += 1
+                        c.use_eval = True
+                        retry.append(c)
+                    elif wait_err is not None and not isinstance(r, BaseException):
+                        self._settle(c, wait_err)
+                    else:
+                        self._settle(c, r)
+                if not retry:
+                    return
+                todo = retry
+        except BaseException:
+            # The connection's state is unknown (half-read replies): drop it.
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+
+    # -- Redis Cluster ---------------------------------------------------------
+
+    async def _run_cluster(self, batch: list[Call]) -> None:
+        """One pipeline per node, sent in parallel, each on one connection
+        (so WAIT covers exactly that node's writes). Every call's keys share
+        the org's hash tag, so each call lives on one node."""
+        cluster: RedisCluster = self.redis
+        todo = batch
+        for attempt in range(CLUSTER_ATTEMPTS + 1):
+            if cluster._initialize:
+                await cluster.initialize()
+            groups: dict[str, tuple[ClusterNode, list[Call]]] = {}
+            for c in todo:
+                node = cluster.get_node_from_key(c.keys[0])
+                if node is None:
+                    # No master for the slot (yet): refresh and try again.
+                    raise ClusterDownError(f"no node serves the slot of {c.keys[0]!r}")
+                groups.setdefault(node.name, (node, []))[1].append(c)
+            outcomes = await asyncio.gather(
+                *(self._node_pipeline(node, calls) for node, calls in groups.values()),
+                return_exceptions=True)
+            retry: list[Call] = []
+            last_error: BaseException | None = None
+            refresh = False
+            for (_node, calls), outcome in zip(groups.values(), outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    # The node is unreachable: the whole group may go again.
+                    refresh = True
+                    last_error = outcome
+                    if isinstance(outcome, _CLUSTER_RETRYABLE):
+                        retry.extend(calls)
+                    else:
+                        for c in calls:
+                            self._settle(c, outcome)
+                    continue
+                for c, r in zip(calls, outcome, strict=True):
+                    if isinstance(r, NoScriptError) and not c.use_eval:
+                        self.stats.noscript += 1
+                        c.use_eval = True
+                        retry.append(c)
+                    elif isinstance(r, _CLUSTER_RETRYABLE):
+                        # Not run (redirect), or unknown (connection lost mid
+                        # pipeline): every script is idempotent by request_id,
+                        # so sending it again is safe.
+                        refresh = True
+                        last_error = r
+                        retry.append(c)
+                    else:
+                        self._settle(c, r)
+            if not retry:
+                return
+            if attempt == CLUSTER_ATTEMPTS:
+                err = last_error or Unavailable("redis cluster: no answer")
+                for c in retry:
+                    self._settle(c, err)
+                return
+            if refresh:
+                # Refresh the slot map from the seed nodes (a failover or a
+                # slot migration moved these keys), after a short pause.
+                await cluster.aclose()
+                await asyncio.sleep(CLUSTER_RETRY_SLEEP_S)
+            todo = retry
+
+    async def _node_pipeline(self, node: ClusterNode, calls: list[Call]) -> list[Any]:
+        cmds = [PipelineCommand(i, *c.command()) for i, c in enumerate(calls)]
+        if self.wait_replicas:
+            cmds.append(PipelineCommand(len(cmds), *self._wait_cmd()))
+        await node.execute_pipeline(cmds)
+        results = [cmd.result for cmd in cmds[:len(calls)]]
+        if not self.wait_replicas:
+            return results
+        wait_err = self._check_wait(cmds[-1].result, calls)
+        if wait_err is None:
+            return results
+        return [r if isinstance(r, BaseException) else wait_err for r in results]

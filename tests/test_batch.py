@@ -1,0 +1,208 @@
+"""ReserveBatch, the natural batching of script calls, NOSCRIPT recovery and
+the WAIT-for-replicas option, through a real budgetd and real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import pytest
+import redis
+from budgetd.batching import ScriptBatcher
+from budgetd.clock import ManualClock
+from budgetd.config import Settings
+from budgetd.embedded import EmbeddedRedis
+from budgetd.server import ServerThread
+from budgetd_client import (
+    AsyncBudgetClient,
+    BudgetError,
+    BudgetUnavailable,
+    CallPolicy,
+    FailedPrecondition,
+    InvalidRequest,
+    Reservation,
+)
+from budgetd_client._proto.budget.v1 import budget_pb2 as pb
+from budgetd_client._proto.budget.v1 import budget_pb2_grpc as pb_grpc
+from cluster import wait_until
+from conftest import T0, Budgetd, keyspace, ms
+
+DAY = "d20270315"
+
+
+def batcher(b: Budgetd) -> ScriptBatcher:
+    bt = b.thread.app.batcher
+    assert bt is not None
+    return bt
+
+
+def item(scope: str, tokens: int = 10, **kw: object) -> dict[str, object]:
+    return {"scope": scope, "model": "m", "tokens": tokens, "cost_micros": 1, **kw}
+
+
+def test_reserve_batch_answers_each_item(budgetd: Budgetd, r: redis.Redis) -> None:
+    budgetd.admin.set_budget("acme", "day", "tokens", 100)
+    out = budgetd.client.reserve_batch([
+        item("acme/t", 60),
+        item("bad:org", 1),
+        item("acme/t", 60),
+        {"scope": "acme/t", "model": "no-such-model", "tokens": 5},
+    ])
+    assert len(out) == 4
+    ok, bad, denied, unknown = out
+    assert isinstance(ok, Reservation) and ok.allowed and ok.reserved_tokens == 60
+    assert isinstance(bad, InvalidRequest) and "scope.org" in bad.message
+    assert isinstance(denied, Reservation) and not denied.allowed
+    assert denied.denial is not None and denied.denial.reserved == 60
+    assert isinstance(unknown, FailedPrecondition) and "model" in unknown.message
+    assert int(r.hget(f"bd:{{acme}}:w:{DAY}", "r|acme|t") or 0) == 60
+    assert not r.exists("bd:{bad:org}:cfg")
+
+
+def test_reserve_batch_bounds_name_the_field(budgetd: Budgetd, r: redis.Redis) -> None:
+    stub = pb_grpc.BudgetServiceStub(budgetd.client.channel)
+    before = keyspace(r)
+    for n in (0, 501):
+        reqs = [pb.ReserveRequest(request_id=f"r{i}", scope=pb.Scope(org="acme"), model="m")
+                for i in range(n)]
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ReserveBatch(pb.ReserveBatchRequest(requests=reqs), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "requests" in (e.value.details() or "")
+    assert keyspace(r) == before
+
+
+def test_reserve_batch_is_one_pipeline_and_idempotent(budgetd: Budgetd,
+                                                      r: redis.Redis) -> None:
+    b = budgetd
+    b.client.reserve("acme/warm", "m", tokens=1, cost_micros=1)
+    items = [item(f"acme/t{i % 7}", 2, request_id=f"req-{i}") for i in range(500)]
+    ledger = b.thread.app.ledger
+    assert ledger is not None
+    b.thread.call(ledger.pricing.refresh(force=True))
+    before = batcher(b).stats.batches
+    first = b.client.reserve_batch(items)
+    assert batcher(b).stats.batches - before == 1
+    assert batcher(b).stats.largest >= 500
+    assert all(isinstance(x, Reservation) and x.allowed for x in first)
+    again = b.client.reserve_batch(items)
+    assert [x.reservation_id for x in again] == [x.reservation_id for x in first]  # type: ignore[union-attr]
+    assert int(r.hget(f"bd:{{acme}}:w:{DAY}", "r|acme|t") or 0) == 1 + 1000
+
+
+def test_batching_is_free_when_idle_and_coalesces_under_load(budgetd: Budgetd) -> None:
+    b = budgetd
+    st = batcher(b).stats
+    before, lingers = st.batches, st.lingers
+    for _ in range(20):
+        assert b.client.reserve("idle/t", "m", tokens=1, cost_micros=1).allowed
+    # One call at a time: each goes out alone, at once (never held back).
+    assert st.batches - before == 20
+    assert st.lingers == lingers
+
+    async def load() -> None:
+        async with AsyncBudgetClient(b.address, policy=CallPolicy(timeout_s=10,
+                                                                  total_timeout_s=20)) as c:
+            sem = asyncio.Semaphore(64)
+
+            async def one(i: int) -> None:
+                async with sem:
+                    await c.reserve(f"busy{i % 5}/t", "m", tokens=1, cost_micros=1)
+
+            await asyncio.gather(*(one(i) for i in range(400)))
+
+    before_b, before_c = st.batches, st.calls
+    asyncio.run(load())
+    calls, batches = st.calls - before_c, st.batches - before_b
+    assert calls == 400
+    assert batches < 0.9 * calls, (batches, calls)
+
+
+def test_noscript_after_script_flush(budgetd: Budgetd, r: redis.Redis) -> None:
+    assert budgetd.client.reserve("acme/t", "m", tokens=1, cost_micros=1).allowed
+    r.script_flush()
+    n0 = batcher(budgetd).stats.noscript
+    assert budgetd.client.reserve("acme/t", "m", tokens=1, cost_micros=1).allowed
+    assert batcher(budgetd).stats.noscript == n0 + 1
+
+
+def start(url: str, **kw: object) -> Budgetd:
+    clock = ManualClock(ms(T0))
+    settings = Settings(listen="127.0.0.1:0", redis_url=url, redis_timeout_s=5.0,
+                        expiry_interval_s=0.2, **kw)  # type: ignore[arg-type]
+    return Budgetd(ServerThread(settings, clock).start(), clock)
+
+
+def test_without_batching_every_call_goes_direct(redis_server: EmbeddedRedis,
+                                                 r: redis.Redis) -> None:
+    b = start(redis_server.url, redis_batch_max=0)
+    try:
+        assert b.thread.app.batcher is None
+        out = b.client.reserve_batch([item("acme/t"), item("acme/u")])
+        assert all(isinstance(x, Reservation) and x.allowed for x in out)
+    finally:
+        b.close()
+
+
+@pytest.fixture()
+def replicated(tmp_path: pathlib.Path) -> Iterator[tuple[EmbeddedRedis, EmbeddedRedis]]:
+    master = EmbeddedRedis(tmp_path / "m", appendonly=False)
+    master.start()
+    replica = EmbeddedRedis(tmp_path / "r", appendonly=False,
+                            extra_args=["--replicaof", "127.0.0.1", str(master.port)])
+    try:
+        replica.start()
+        rep = redis.Redis(port=replica.port, decode_responses=True)
+        wait_until(lambda: rep.info("replication")["master_link_status"] == "up", 20,
+                   "replica in sync")
+        rep.close()
+        yield master, replica
+    finally:
+        replica.stop()
+        master.stop()
+
+
+def test_wait_replicas_acknowledges_only_replicated_writes(
+        replicated: tuple[EmbeddedRedis, EmbeddedRedis]) -> None:
+    master, replica = replicated
+    b = start(master.url, redis_wait_replicas=1, redis_wait_timeout_ms=2000)
+    rep = redis.Redis(port=replica.port, decode_responses=True)
+    try:
+        rid = uuid.uuid4().hex
+        res = b.client.reserve("acme/t", "m", tokens=5, cost_micros=1, request_id=rid)
+        assert res.allowed
+        # Acknowledged means on the replica already: no polling.
+        assert rep.hget(f"bd:{{acme}}:q:{rid}", "state") == "held"
+        # No replica: the write runs but is not acknowledged (UNAVAILABLE);
+        # the same request_id later replays it, never charging twice.
+        replica.stop()
+        rid2 = uuid.uuid4().hex
+        once = b.client.__class__(b.address, policy=CallPolicy(timeout_s=5, total_timeout_s=5,
+                                                               retries=0))
+        b.thread.app.settings.redis_wait_timeout_ms = 100
+        bt = batcher(b)
+        bt.wait_timeout_ms = 100
+        with pytest.raises(BudgetUnavailable):
+            once.reserve("acme/t", "m", tokens=5, cost_micros=1, request_id=rid2)
+        assert bt.stats.wait_short >= 1
+        m = redis.Redis(port=master.port, decode_responses=True)
+        assert int(m.hget(f"bd:{{acme}}:w:{DAY}", "r|acme|t") or 0) == 10
+        bt.wait_replicas = 0
+        again = once.reserve("acme/t", "m", tokens=5, cost_micros=1, request_id=rid2)
+        assert again.allowed
+        assert int(m.hget(f"bd:{{acme}}:w:{DAY}", "r|acme|t") or 0) == 10
+        m.close()
+        once.close()
+    finally:
+        rep.close()
+        b.close()
+
+
+def test_batch_errors_are_budget_errors() -> None:
+    from budgetd_client.errors import from_code
+
+    e = from_code(grpc.StatusCode.UNAVAILABLE.value[0], "redis down")
+    assert isinstance(e, BudgetUnavailable) and isinstance(e, BudgetError)
