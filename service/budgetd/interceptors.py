@@ -59,6 +59,9 @@ class ServerInterceptor(_Base):
     def __init__(self, authorizer: Authorizer, teams: metrics.TeamLabels) -> None:
         self.authorizer = authorizer
         self.teams = teams
+        # Wrapped handlers per method: building them per call costs more than
+        # the bookkeeping they do. Bounded by the methods the server serves.
+        self._wrapped: dict[tuple[str, Any], MethodHandler] = {}
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails],
@@ -68,13 +71,20 @@ class ServerInterceptor(_Base):
         handler = await continuation(details)
         if handler is None:
             return handler
-        method = details.method
-        md = details.invocation_metadata
+        key = (details.method, handler)
+        wrapped = self._wrapped.get(key)
+        if wrapped is None:
+            wrapped = self._wrap(details.method, handler)
+            if len(self._wrapped) < 1024:
+                self._wrapped[key] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: MethodHandler) -> MethodHandler:
         if handler.unary_unary is not None:
             inner_uu: Any = handler.unary_unary
 
             async def unary_unary(request: Any, context: Context) -> Any:
-                call = _Call(method, md, request)
+                call = _Call(method, context.invocation_metadata(), request)
                 code, decision = grpc.StatusCode.OK, ""
                 try:
                     await self._check(call, request, context)
@@ -97,7 +107,7 @@ class ServerInterceptor(_Base):
 
             async def unary_stream(request: Any,
                                    context: Context) -> AsyncIterator[Any]:
-                call = _Call(method, md, request)
+                call = _Call(method, context.invocation_metadata(), request)
                 code = grpc.StatusCode.OK
                 try:
                     await self._check(call, request, context)

@@ -77,12 +77,24 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def __init__(self, service_names: tuple[str, ...]) -> None:
         self.prefixes = tuple(f"/{n}/" for n in service_names)
+        # One guarded handler per method (the outer interceptor caches by it).
+        self._guarded: dict[tuple[str, Any], Any] = {}
 
     async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         handler = await continuation(handler_call_details)
         method = str(handler_call_details.method)
         if handler is None or not method.startswith(self.prefixes):
             return handler
+        key = (method, handler)
+        guarded = self._guarded.get(key)
+        if guarded is None:
+            guarded = self._guard(method, handler)
+            if len(self._guarded) < 1024:
+                self._guarded[key] = guarded
+        return guarded
+
+    @staticmethod
+    def _guard(method: str, handler: Any) -> Any:
         decode = handler.request_deserializer
         if decode is None:
             return handler

@@ -78,7 +78,25 @@ def _ms(t: dt.datetime) -> int:
     return int(t.timestamp() * 1000)
 
 
+# The windows of the last instant asked, per zone: every call of a day gets
+# the same answer, and the zone arithmetic below costs more than a Reserve's
+# other bookkeeping. Bounded by the number of zones in use.
+_LAST: dict[str, Windows] = {}
+MAX_CACHED_ZONES = 1024
+
+
 def windows_at(now_ms: int, tz_name: str) -> Windows:
+    hit = _LAST.get(tz_name)
+    if hit is not None and hit.day_start_ms <= now_ms < hit.day_end_ms:
+        return hit
+    win = _compute(now_ms, tz_name)
+    if len(_LAST) >= MAX_CACHED_ZONES:
+        _LAST.clear()
+    _LAST[tz_name] = win
+    return win
+
+
+def _compute(now_ms: int, tz_name: str) -> Windows:
     tz = zone(tz_name)
     local = dt.datetime.fromtimestamp(now_ms / 1000, tz)
     day = local.date()
