@@ -195,3 +195,13 @@ def test_bad_input_is_rejected_and_changes_nothing(
     assert err.code() == code, f"{name}: {err.code()} {err.details()}"
     assert field in err.details(), f"{name}: message {err.details()!r} does not name {field}"
     assert keyspace(r) == before, f"{name}: Redis changed"
+
+
+def test_pricing_error_names_the_field_once(stubs: dict[str, Callable[..., Any]]) -> None:
+    req = apb.SetPricingRequest(pricing=apb.ModelPricing(
+        model="m1", max_output_tokens=10,
+        versions=[apb.PriceVersion(prices=apb.Prices(input=-1))]))
+    with pytest.raises(grpc.RpcError) as info:
+        stubs["SetPricing"](req, timeout=10)
+    details = info.value.details()
+    assert details.count("pricing.versions[0].prices.input") == 1, details

@@ -340,6 +340,11 @@ class Ledger:
                 "a reconcile is final", _s(payload))
         if status == "precondition":
             raise FailedPrecondition(f"reservation_id: {_s(payload)}", "reservation_id")
+        if status == "stale":
+            # The record changed between our read and the script (it expired
+            # and its id was reused): nothing was written; a retry re-reads.
+            raise Unavailable("reservation_id: the reservation changed during the call; retry",
+                              "reservation_id")
         raise AssertionError(f"settle script answered {status!r}")
 
     async def record(self, req: RecordInput) -> Answer:

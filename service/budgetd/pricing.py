@@ -51,6 +51,7 @@ class InvalidPricingError(PricingError):
 
     def __init__(self, field: str, problem: str) -> None:
         self.field = field
+        self.problem = problem
         super().__init__(f"{field}: {problem}")
 
 

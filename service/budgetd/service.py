@@ -468,7 +468,7 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
         try:
             mp = ModelPricing.from_proto(request.pricing)
         except InvalidPricingError as e:
-            raise InvalidArgument(e.field, str(e)) from e
+            raise InvalidArgument(e.field, e.problem) from e
         saved = await self.admin.set_pricing(mp)
         return apb.SetPricingResponse(pricing=saved.to_proto())
 
