@@ -94,10 +94,10 @@ def test_soft_rule_alerts_instead_of_denying(b: Budgetd, r: redis.Redis) -> None
     b.admin.set_budget("acme/t", "day", "tokens", 1000, mode="soft")
     first = b.client.reserve("acme/t", TEST_MODEL, tokens=600, cost_micros=1)
     assert first.allowed
-    assert [(a.kind, a.threshold_percent) for a in first.raw.alerts] == [("threshold", 50)]
+    assert [(a.kind, a.threshold_percent) for a in first.alerts] == [("threshold", 50)]
     over = b.client.reserve("acme/t", TEST_MODEL, tokens=600, cost_micros=1)
     assert over.allowed  # SOFT: allowed past the limit ...
-    kinds = sorted((a.kind, a.threshold_percent) for a in over.raw.alerts)
+    kinds = sorted((a.kind, a.threshold_percent) for a in over.alerts)
     assert kinds == [("soft_over_limit", 100), ("threshold", 75), ("threshold", 90),
                      ("threshold", 100)]  # ... with an alert instead
     soft = next(a for a in over.raw.alerts if a.kind == "soft_over_limit")
@@ -115,7 +115,7 @@ def test_shadow_rule_records_would_deny_events_and_counts(b: Budgetd, r: redis.R
     assert ok.allowed and list(ok.raw.alerts) == []
     would = b.client.reserve("acme/t/f", TEST_MODEL, tokens=800, cost_micros=1)
     assert would.allowed
-    assert sorted(a.kind for a in would.raw.alerts) == ["shadow_would_deny", "threshold"]
+    assert sorted(a.kind for a in would.alerts) == ["shadow_would_deny", "threshold"]
     ev = next(a for a in would.raw.alerts if a.kind == "shadow_would_deny")
     assert (ev.mode, ev.scope.team, ev.limit, ev.consumed, ev.request_id) == (
         pb.MODE_SHADOW, "t", 1000, 1600, would.request_id)

@@ -144,6 +144,11 @@ class Reservation:
     remaining: list[Remaining]
     raw: pb.ReserveResponse = field(repr=False)
 
+    @property
+    def alerts(self) -> list[Alert]:
+        """The alerts this call crossed (each fires once per window)."""
+        return [Alert.from_pb(a) for a in getattr(self.raw, "alerts", ())]
+
     @classmethod
     def from_pb(cls, request_id: str, r: pb.ReserveResponse) -> Reservation:
         allowed = r.decision == pb.DECISION_ALLOWED
@@ -169,6 +174,11 @@ class Settlement:
     actual_cost_micros: int
     raw: Any = field(repr=False)
 
+    @property
+    def alerts(self) -> list[Alert]:
+        """The alerts this call crossed (each fires once per window)."""
+        return [Alert.from_pb(a) for a in getattr(self.raw, "alerts", ())]
+
     @classmethod
     def from_reconcile(cls, r: pb.ReconcileResponse) -> Settlement:
         return cls(_STATE_NAMES.get(r.state, "?"), r.late, r.reserved.tokens,
@@ -185,6 +195,11 @@ class Recorded:
     tokens: int
     cost_micros: int
     raw: pb.RecordResponse = field(repr=False)
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """The alerts this call crossed (each fires once per window)."""
+        return [Alert.from_pb(a) for a in getattr(self.raw, "alerts", ())]
 
 
 @dataclass(frozen=True, slots=True)
