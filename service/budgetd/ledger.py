@@ -418,9 +418,19 @@ class Ledger:
         total = 0
         cursor = 0
         while True:
-            cursor, orgs = await self.redis.sscan(w.ORGS_KEY, cursor=cursor, count=500)
-            for org in orgs:
-                total += await self.expire_org(_s(org))
+            cursor, raw = await self.redis.sscan(w.ORGS_KEY, cursor=cursor, count=500)
+            orgs = [_s(o) for o in raw]
+            if orgs:
+                # One round trip tells which orgs of this page have anything due,
+                # so an idle org costs one pipelined command per sweep.
+                now_ms = self.clock.now_ms()
+                pipe = self.redis.pipeline(transaction=False)
+                for org in orgs:
+                    pipe.zrangebyscore(w.expiry_key(org), "-inf", now_ms, start=0, num=1)
+                due = await pipe.execute()
+                for org, first in zip(orgs, due, strict=True):
+                    if first:
+                        total += await self.expire_org(org)
             if int(cursor) == 0:
                 return total
 
