@@ -1,9 +1,9 @@
 """Usage reports from counters the scripts keep (see report_add in _lib.lua):
 one hash per org and window, read with one HGETALL, never a keyspace scan.
 
-  bd:{org}:rep:<window_id>  hash  "<g>|<group>|<metric>" -> integer
-    g: t (team), f (team or team/feature), m (model),
-       sm ("team/feature|model": per scope and model, for the drift check)
+  bd:{org}:rep:<window_id>  hash  "sm|<team>[/<feature>]|<model>|<metric>" -> integer
+    one counter per scope, model and metric; reports by team, feature, model or
+    scope and model (the drift check) add them up when read.
     metric: i o cw cr (tokens by kind), c (cost micros), n (requests),
             d (denials), s (allowed, but a SHADOW rule would have denied)
   EXPIREAT like the window counters: day + 36 days, month + 400 days, so
@@ -20,11 +20,11 @@ from typing import Any
 from budgetd import windows as w
 from budgetd.errors import InvalidArgument, ResourceExhausted
 
-GROUPS = {"team": "t", "feature": "f", "model": "m", "scope_model": "sm"}
+GROUPS = ("team", "feature", "model", "scope_model")
 METRICS = ("i", "o", "cw", "cr", "c", "n", "d", "s")
 # A report hash holds at most this many fields before we refuse to build a
-# response from it (bounded memory and message size; ~ 8 metrics x 3 groups
-# x 20k groups).
+# response from it (bounded memory and message size; ~ 8 metrics x 60k
+# scope-model pairs).
 MAX_REPORT_FIELDS = 500_000
 _DAY_RE = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})$")
 _MONTH_RE = re.compile(r"^([0-9]{4})-([0-9]{2})$")
@@ -79,18 +79,27 @@ class Report:
     total: Row = field(default_factory=lambda: Row(""))
 
 
+def _group_of(group_by: str, tf: str, model: str) -> str:
+    if group_by == "team":
+        return tf.split("/", 1)[0]
+    if group_by == "feature":
+        return tf
+    if group_by == "model":
+        return model
+    return f"{tf}|{model}"
+
+
 def build(org: str, window_id: str, group_by: str, raw: dict[Any, Any]) -> Report:
-    g = GROUPS[group_by]
+    assert group_by in GROUPS, group_by
     rows: dict[str, Row] = {}
     for k, v in raw.items():
         key = k.decode() if isinstance(k, bytes) else str(k)
-        kind, rest = key.split("|", 1)
-        if kind != g:
+        parts = key.split("|")
+        # Ids and model names cannot hold '|': anything else is not ours.
+        if len(parts) != 4 or parts[0] != "sm" or parts[3] not in _ATTR:
             continue
-        group, metric = rest.rsplit("|", 1)
-        if metric not in _ATTR:
-            continue
-        rows.setdefault(group, Row(group)).add(metric, int(v))
+        group = _group_of(group_by, parts[1], parts[2])
+        rows.setdefault(group, Row(group)).add(parts[3], int(v))
     rep = Report(org, window_id, group_by, sorted(rows.values(), key=lambda r: r.group))
     for r in rep.rows:
         for attr in _ATTR.values():

@@ -115,21 +115,21 @@ local function crossing_alert(ctx, r, consumed, out)
   if not fired_already(r, {tag})[1] then fire(ctx, out, r, tag, kind, '100', consumed) end
 end
 
--- Usage report counters (bd:{org}:rep:<window_id>), per group:
---   t|<team>|<metric>   f|<team>[/<feature>]|<metric>   m|<model>|<metric>
---   sm|<team>[/<feature>]|<model>|<metric>  (per scope and model: the drift check)
+-- Usage report counters (bd:{org}:rep:<window_id>), one group per scope and
+-- model: sm|<team>[/<feature>]|<model>|<metric>. Reports by team, feature or
+-- model add these up when read (reports.py), so each charge costs one HINCRBY
+-- per metric, not one per grouping.
 -- metrics: i o cw cr (tokens by kind), c (cost micros), n (requests),
 -- d (denials), s (allowed, but a SHADOW rule would have denied).
 local function report_add(key, paths, model, metrics)
   local org = paths[1]
-  local team, tf = '', ''
-  if paths[2] then team = string.sub(paths[2], #org + 2) end
-  if paths[3] then tf = string.sub(paths[3], #org + 2) else tf = team end
-  for _, g in ipairs({'t|' .. team, 'f|' .. tf, 'm|' .. model, 'sm|' .. tf .. '|' .. model}) do
-    for i = 1, #metrics, 2 do
-      if metrics[i + 1] ~= 0 then
-        redis.call('HINCRBY', key, g .. '|' .. metrics[i], istr(metrics[i + 1]))
-      end
+  local tf = ''
+  if paths[3] then tf = string.sub(paths[3], #org + 2)
+  elseif paths[2] then tf = string.sub(paths[2], #org + 2) end
+  local g = 'sm|' .. tf .. '|' .. model .. '|'
+  for i = 1, #metrics, 2 do
+    if metrics[i + 1] ~= 0 then
+      redis.call('HINCRBY', key, g .. metrics[i], istr(metrics[i + 1]))
     end
   end
 end
