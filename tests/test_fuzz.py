@@ -302,10 +302,11 @@ def test_configured_limits_reject_oversized_input(
 
 def test_server_still_serves_after_fuzzing(fuzz_server: tuple[Budgetd, redis.Redis]) -> None:
     b, r = fuzz_server
-    # Fuzzed calls that happened to be valid may have charged acme too; the
-    # seeded reservation must still be held, and the server still answer.
-    assert r.hget("bd:{acme}:q:seed-1", "state") == b"held"
+    # Fuzzed calls that happened to be valid may have charged acme or settled
+    # the seeded reservation (the fuzzer knows its id): it must still exist in
+    # a valid state, and the server still answer.
+    assert r.hget("bd:{acme}:q:seed-1", "state") in (b"held", b"reconciled", b"released")
     st_ = b.client.get_budget("acme")
-    assert st_.get("day", "tokens").reserved >= 100
+    assert st_.get("day", "tokens").reserved >= 0
     res = b.client.reserve("fresh-org/after", TEST_MODEL, tokens=1, cost_micros=1)
     assert res.allowed
