@@ -12,6 +12,7 @@ strings.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +33,8 @@ from helpers import TEST_MODEL, set_test_pricing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+# CI replays the same cases on every run; BUDGETD_EXPLORE=1 draws new ones.
+EXPLORE = os.environ.get("BUDGETD_EXPLORE") == "1"
 CASES = 500
 RAW_CASES = 300
 DEADLINE_S = 10.0
@@ -193,7 +196,7 @@ def check_case(b: Budgetd, r: redis.Redis, path: str, payload: bytes,
 
 
 @settings(max_examples=CASES, deadline=None, database=None,
-          suppress_health_check=list(HealthCheck))
+          suppress_health_check=list(HealthCheck), derandomize=not EXPLORE)
 @given(req=request())
 def test_fuzzed_messages_get_proper_status_and_change_nothing_when_rejected(
         fuzz_server: tuple[Budgetd, redis.Redis], req: tuple[str, Message]) -> None:
@@ -226,7 +229,7 @@ def malformed(draw: st.DrawFn) -> tuple[str, bytes]:
 
 
 @settings(max_examples=RAW_CASES, deadline=None, database=None,
-          suppress_health_check=list(HealthCheck))
+          suppress_health_check=list(HealthCheck), derandomize=not EXPLORE)
 @given(case=malformed())
 def test_malformed_bytes_get_proper_status_and_change_nothing(
         fuzz_server: tuple[Budgetd, redis.Redis], case: tuple[str, bytes]) -> None:
