@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from budgetd import windows as w
+from budgetd.codec import text
 from budgetd.errors import FailedPrecondition, InvalidArgument, NotFound
 from budgetd.ledger import Ledger, ScopePath
 from budgetd.limits import (
@@ -79,7 +80,7 @@ class Admin:
     async def set_budget(self, rule: Rule) -> bool:
         key = w.rules_key(rule.scope.org)
         old = await self.redis.hget(key, rule.field)
-        if old is not None and _s(old) == rule.value:
+        if old is not None and text(old) == rule.value:
             return False
         if old is None and await self.redis.hlen(key) >= MAX_RULES_PER_ORG:
             raise FailedPrecondition(f"rule.scope.org: the org has {MAX_RULES_PER_ORG} rules, "
@@ -94,13 +95,13 @@ class Admin:
 
     async def list_budgets(self, org: str) -> list[Rule]:
         raw = await self.redis.hgetall(w.rules_key(org))
-        rules = [Rule.parse(_s(k), _s(v)) for k, v in raw.items()]
+        rules = [Rule.parse(text(k), text(v)) for k, v in raw.items()]
         rules.sort(key=lambda r: (r.scope.path, r.window, r.unit))
         return rules
 
     async def get_settings(self, org: str) -> tuple[str, str]:
         tz, expiry = await self.redis.hmget(w.settings_key(org), "tz", "expiry")
-        return (_s(tz) if tz else "UTC", _s(expiry) if expiry else "keep")
+        return (text(tz) if tz else "UTC", text(expiry) if expiry else "keep")
 
     async def set_settings(self, org: str, tz: str | None, expiry: str | None) -> tuple[str, str]:
         if tz is not None and not w.valid_zone(tz):
@@ -131,5 +132,3 @@ class Admin:
         return [found]
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)

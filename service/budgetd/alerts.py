@@ -14,6 +14,7 @@ from typing import Any
 from budgetd_client._proto.budget.v1 import budget_pb2 as pb
 
 from budgetd import windows as w
+from budgetd.codec import text
 from budgetd.errors import InvalidArgument
 
 # Mirrors ALERT_STREAM_MAXLEN in scripts/_lib.lua.
@@ -47,8 +48,6 @@ def check_after_id(field: str, value: str) -> str:
     return value
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +75,7 @@ class Alert:
 
     @classmethod
     def from_entry(cls, entry_id: Any, fields: dict[Any, Any]) -> Alert:
-        return cls.from_fields(_s(entry_id), {_s(k): _s(v) for k, v in fields.items()})
+        return cls.from_fields(text(entry_id), {text(k): text(v) for k, v in fields.items()})
 
     def to_pb(self) -> pb.Alert:
         parts = self.path.split("/")
@@ -132,7 +131,7 @@ class AlertReader:
         """The id of the newest alert, or "0-0": the cursor for "only new ones"
         (XREAD with "$" at every call would miss alerts between two reads)."""
         last = await self.redis.xrevrange(alerts_key(org), "+", "-", count=1)
-        return _s(last[0][0]) if last else "0-0"
+        return text(last[0][0]) if last else "0-0"
 
     async def read(self, org: str, after_id: str, block_ms: int,
                    count: int = WATCH_READ_COUNT) -> list[Alert]:

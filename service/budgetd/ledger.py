@@ -15,6 +15,7 @@ from typing import Any
 from budgetd import windows as w
 from budgetd.alerts import alerts_key, fired_key
 from budgetd.clock import Clock
+from budgetd.codec import text
 from budgetd.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -127,21 +128,16 @@ def reservation_id(org: str, request_id: str) -> str:
     return f"{org}:{request_id}"
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _decode(raw: Any) -> tuple[str, Any]:
-    status = _s(raw[0])
+    status = text(raw[0])
     payload = raw[1] if len(raw) > 1 else None
     if isinstance(payload, bytes):
         payload = payload.decode()
     return status, payload
 
 
-def _list(v: Any) -> list[Any]:
-    # cjson encodes an empty Lua table as {}.
-    return v if isinstance(v, list) else []
 
 
 class Ledger:
@@ -160,7 +156,9 @@ class Ledger:
         if hit and not fresh and time.monotonic() - hit[1] < TZ_CACHE_S:
             return hit[0]
         raw = await self.redis.hget(w.settings_key(org), "tz")
-        tz = _s(raw) if raw else "UTC"
+        return self._remember_tz(org, text(raw) if raw else "UTC")
+
+    def _remember_tz(self, org: str, tz: str) -> str:
         self._tz_cache[org] = (tz, time.monotonic())
         return tz
 
@@ -264,8 +262,8 @@ class Ledger:
                 args += [model, tokens, cost]
             status, payload = _decode(await self.scripts.reserve(self.redis, keys, args))
             if status == "stale_tz":
-                tz = _s(payload)
-                self._tz_cache[org] = (tz, time.monotonic())
+                # The org's zone changed since we cached it: retry with the stored one.
+                tz = self._remember_tz(org, text(payload))
                 continue
             if status == "exists":
                 raise _exists(payload, "request_id", req.request_id)
@@ -282,7 +280,7 @@ class Ledger:
     async def _read_reservation(self, org: str, request_id: str) -> dict[str, str]:
         raw = await self.redis.hmget(w.request_key(org, request_id), "kind", "dwid", "mwid",
                                      "granted", "created_ms", "batch", "state")
-        vals = [_s(v) if v is not None else "" for v in raw]
+        vals = [text(v) if v is not None else "" for v in raw]
         if vals[0] != "reserve":
             raise NotFound(f"reservation_id: no reservation {reservation_id(org, request_id)!r} "
                            "(never made, or settled more than 7 days ago)", "reservation_id")
@@ -336,10 +334,10 @@ class Ledger:
             raise NotFound("reservation_id: no such reservation", "reservation_id")
         if status == "exists":
             raise AlreadyExists(
-                f"reservation_id: already reconciled with a different {_s(payload)}; "
-                "a reconcile is final", _s(payload))
+                f"reservation_id: already reconciled with a different {text(payload)}; "
+                "a reconcile is final", text(payload))
         if status == "precondition":
-            raise FailedPrecondition(f"reservation_id: {_s(payload)}", "reservation_id")
+            raise FailedPrecondition(f"reservation_id: {text(payload)}", "reservation_id")
         if status == "stale":
             # The record changed between our read and the script (it expired
             # and its id was reused): nothing was written; a retry re-reads.
@@ -382,8 +380,8 @@ class Ledger:
             ]
             status, payload = _decode(await self.scripts.record(self.redis, keys, args))
             if status == "stale_tz":
-                tz = _s(payload)
-                self._tz_cache[org] = (tz, time.monotonic())
+                # The org's zone changed since we cached it: retry with the stored one.
+                tz = self._remember_tz(org, text(payload))
                 continue
             if status == "exists":
                 raise _exists(payload, "request_id", req.request_id)
@@ -397,7 +395,7 @@ class Ledger:
                                              num=limit)
         if not ids:
             return 0
-        rids = [_s(i) for i in ids]
+        rids = [text(i) for i in ids]
         pipe = self.redis.pipeline(transaction=False)
         for rid in rids:
             pipe.hmget(w.request_key(org, rid), "dwid", "mwid")
@@ -406,8 +404,8 @@ class Ledger:
         args: list[str | int] = [now_ms, RECORD_RETENTION_S]
         for rid, (dwid, mwid) in zip(rids, recs, strict=True):
             # A vanished record still gets a slot so the script drops its index entry.
-            d = _s(dwid) if dwid else "d0"
-            m = _s(mwid) if mwid else "m0"
+            d = text(dwid) if dwid else "d0"
+            m = text(mwid) if mwid else "m0"
             keys += [w.request_key(org, rid), w.window_key(org, d), w.window_key(org, m),
                      report_key(org, d), report_key(org, m)]
             args.append(rid)
@@ -419,7 +417,7 @@ class Ledger:
         cursor = 0
         while True:
             cursor, raw = await self.redis.sscan(w.ORGS_KEY, cursor=cursor, count=500)
-            orgs = [_s(o) for o in raw]
+            orgs = [text(o) for o in raw]
             if orgs:
                 # One round trip tells which orgs of this page have anything due,
                 # so an idle org costs one pipelined command per sweep.
@@ -454,7 +452,7 @@ class Ledger:
             ("m", month, win.month_start_ms, win.month_end_ms, win.month_id),
         ):
             for ui, u in enumerate(("t", "c")):
-                rule = _s(rules[i]) if rules[i] else None
+                rule = text(rules[i]) if rules[i] else None
                 i += 1
                 used = int(counters[2 * ui] or 0)
                 reserved = int(counters[2 * ui + 1] or 0)
@@ -472,7 +470,7 @@ class Ledger:
 
 
 def _exists(payload: Any, id_field: str, id_value: str) -> AlreadyExists:
-    differs = _s(payload)
+    differs = text(payload)
     if differs == "request_id":
         return AlreadyExists(f"request_id: {id_value!r} was already used by another kind of "
                              "call (Reserve vs Record)", id_field)
@@ -515,7 +513,7 @@ class PricingSource:
             table = self._defaults
             for _, value in sorted(raw.items()):
                 try:
-                    table = table.with_model(ModelPricing.from_json(_s(value)))
+                    table = table.with_model(ModelPricing.from_json(text(value)))
                 except PricingError:
                     log.exception("ignoring a stored price row that no longer validates")
             self._table = table

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from budgetd import windows as w
 from budgetd.alerts import Alert, alerts_key
+from budgetd.codec import text
 
 log = logging.getLogger("budgetd.webhook")
 
@@ -93,8 +94,6 @@ def post_json(url: str, body: dict[str, Any], timeout_s: float) -> int:
         raise WebhookError(str(e)) from None
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 class WebhookSender:
@@ -128,7 +127,7 @@ class WebhookSender:
         while True:
             cursor, orgs = await self.redis.sscan(w.ORGS_KEY, cursor=cursor, count=ORG_PAGE)
             for org in orgs:
-                sent += await self.drain(_s(org))
+                sent += await self.drain(text(org))
             if int(cursor) == 0:
                 return sent
 
