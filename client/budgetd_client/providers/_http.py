@@ -8,6 +8,7 @@ here ever contains a header value.
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -30,6 +31,24 @@ class ProviderAuthError(ProviderError):
 
 class ProviderRateLimited(ProviderError):
     """Still 429 (or 5xx) after the allowed attempts."""
+
+
+def admin_key(provider: str, api_key: str | None, env: str) -> str:
+    """The admin key given, else from `env`; never logged or echoed."""
+    key = api_key if api_key is not None else os.environ.get(env, "")
+    if not key:
+        raise ProviderAuthError(f"{provider}: no admin key: set {env}")
+    return key
+
+
+def token_count(provider: str, v: Any, where: str) -> int:
+    """A token count from a provider's JSON: absent is 0; anything but a
+    non-negative integer is an error, never silently zero."""
+    if v is None:
+        return 0
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ProviderError(f"{provider}: {where}: {v!r} is not a token count")
+    return v
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,11 +12,16 @@ Header: Authorization: Bearer <admin key> (OPENAI_ADMIN_KEY).
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Callable
 from typing import Any
 
-from budgetd_client.providers._http import HttpPolicy, ProviderAuthError, ProviderError, get_json
+from budgetd_client.providers._http import (
+    HttpPolicy,
+    ProviderError,
+    admin_key,
+    get_json,
+    token_count,
+)
 from budgetd_client.providers.usage import Tokens, UsageRow, utc_midnight
 
 NAME = "openai"
@@ -26,20 +31,14 @@ MAX_DAY_BUCKETS = 31
 
 
 def _int(v: Any, where: str) -> int:
-    if v is None:
-        return 0
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ProviderError(f"{NAME}: {where}: {v!r} is not a token count")
-    return v
+    return token_count(NAME, v, where)
 
 
 class OpenAIAdmin:
     def __init__(self, api_key: str | None = None, *, base_url: str = DEFAULT_BASE_URL,
                  policy: HttpPolicy | None = None, page_limit: int = MAX_DAY_BUCKETS,
                  sleep: Callable[[float], None] | None = None) -> None:
-        key = api_key if api_key is not None else os.environ.get(KEY_ENV, "")
-        if not key:
-            raise ProviderAuthError(f"{NAME}: no admin key: set {KEY_ENV}")
+        key = admin_key(NAME, api_key, KEY_ENV)
         self._headers = {"authorization": f"Bearer {key}"}
         self.base_url = base_url.rstrip("/")
         self.policy = policy or HttpPolicy()
