@@ -35,6 +35,8 @@ class Script:
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
         # Set by Scripts.attach: calls on the batcher's client go through it.
         self.batcher: ScriptBatcher | None = None
+        # The label never changes: look the child up once, not per call.
+        self._latency = metrics.REDIS_SCRIPT_LATENCY.labels(name)
 
     async def __call__(self, client: Any, keys: list[str], args: list[str | int]) -> Any:
         start = time.perf_counter()
@@ -54,7 +56,7 @@ class Script:
             metrics.REDIS_SCRIPT_ERRORS.labels(self.name, kind).inc()
             raise
         finally:
-            metrics.REDIS_SCRIPT_LATENCY.labels(self.name).observe(time.perf_counter() - start)
+            self._latency.observe(time.perf_counter() - start)
 
 
 class Scripts:
