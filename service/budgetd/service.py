@@ -17,8 +17,8 @@ from budgetd_client._proto.budget.v1 import budget_pb2 as pb
 from budgetd_client._proto.budget.v1 import budget_pb2_grpc as pb_grpc
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
+from redis.exceptions import ClusterDownError, ReadOnlyError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from budgetd import reports
@@ -110,6 +110,12 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return handler._replace(request_deserializer=safe)
 
 
+# Redis is down, loading, read-only (a replica after failover) or the cluster
+# is re-electing: retrying later helps, so the caller gets UNAVAILABLE.
+_REDIS_TRANSIENT = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, ClusterDownError,
+                    TryAgainError)
+
+
 def rpc(fn: Handler[T]) -> Handler[T]:
     """Maps errors to gRPC statuses. A Redis outage is UNAVAILABLE, fast."""
 
@@ -123,11 +129,11 @@ def rpc(fn: Handler[T]) -> Handler[T]:
             return await fn(self, request, context)
         except BudgetdError as e:
             await context.abort(e.code, e.message)
-        except (RedisConnectionError, RedisTimeoutError) as e:
+        except _REDIS_TRANSIENT as e:
             log.warning("redis unavailable in %s: %s", fn.__name__, e)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
         except RedisError as e:
-            if "BUSY" in str(e) or "LOADING" in str(e) or "READONLY" in str(e):
+            if "BUSY" in str(e):  # a script running too long: no class of its own
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
             log.exception("redis error in %s", fn.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, f"redis error: {e}")
