@@ -16,7 +16,7 @@ import grpc
 from budgetd import metrics
 from budgetd.auth import Authorizer, Principal, is_open
 from budgetd.errors import BudgetdError
-from budgetd.service import Undecodable
+from budgetd.service import Undecodable, fail
 
 log = logging.getLogger("budgetd.access")
 
@@ -87,11 +87,15 @@ class ServerInterceptor(_Base):
                 call = _Call(method, context.invocation_metadata(), request)
                 code, decision = grpc.StatusCode.OK, ""
                 try:
-                    await self._check(call, request, context)
+                    if not self._check(call, request, context):
+                        code = _set_code(context)
+                        return None
                     resp = inner_uu(request, context)
                     if inspect.isawaitable(resp):
                         resp = await resp
-                    decision = metrics.observe_response(call.label, resp, self.teams)
+                    code = _set_code(context)
+                    if code == grpc.StatusCode.OK:
+                        decision = metrics.observe_response(call.label, resp, self.teams)
                     return resp
                 except BaseException:
                     code = _code_of(context)
@@ -110,7 +114,9 @@ class ServerInterceptor(_Base):
                 call = _Call(method, context.invocation_metadata(), request)
                 code = grpc.StatusCode.OK
                 try:
-                    await self._check(call, request, context)
+                    if not self._check(call, request, context):
+                        code = _set_code(context)
+                        return
                     out = inner_us(request, context)
                     if inspect.isawaitable(out):
                         out = await out
@@ -120,6 +126,7 @@ class ServerInterceptor(_Base):
                     elif out is not None:
                         for item in out:
                             yield item
+                    code = _set_code(context)
                 except BaseException:
                     code = _code_of(context)
                     raise
@@ -134,8 +141,9 @@ class ServerInterceptor(_Base):
             return _refuse(handler)
         return handler
 
-    async def _check(self, call: _Call, request: Any,
-                     context: Context) -> None:
+    def _check(self, call: _Call, request: Any, context: Context) -> bool:
+        """Whether the call may proceed; if not, its status is set (and sent
+        after _done has counted it, see service.fail)."""
         try:
             call.principal = self.authorizer.authenticate(call.method,
                                                           context.invocation_metadata())
@@ -143,7 +151,9 @@ class ServerInterceptor(_Base):
             if not isinstance(request, Undecodable):
                 self.authorizer.authorize(call.principal, call.method, request)
         except BudgetdError as e:
-            await context.abort(e.code, e.message)
+            fail(context, e.code, e.message)
+            return False
+        return True
 
     def _done(self, call: _Call, code: grpc.StatusCode, decision: str) -> None:
         elapsed_s = time.perf_counter() - call.start
@@ -163,10 +173,19 @@ class ServerInterceptor(_Base):
         log.log(level, "rpc", extra=extra)
 
 
-def _code_of(context: Context) -> grpc.StatusCode:
+def _set_code(context: Context) -> grpc.StatusCode:
+    """The status a handler set before returning normally (OK if none)."""
     code = context.code()
+    return grpc.StatusCode.OK if code is None else _code_of(context, code)
+
+
+def _code_of(context: Context, code: Any = None) -> grpc.StatusCode:
+    if code is None:  # raised: an OK or unset status would be wrong
+        code = context.code()
+        if code is None or code == grpc.StatusCode.OK or code == 0:
+            return grpc.StatusCode.UNKNOWN
     if isinstance(code, grpc.StatusCode):
-        return code if code != grpc.StatusCode.OK else grpc.StatusCode.UNKNOWN
+        return code
     if isinstance(code, int):
         for c in grpc.StatusCode:
             if c.value[0] == code:

@@ -116,28 +116,40 @@ _REDIS_TRANSIENT = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, Clus
                     TryAgainError)
 
 
+def fail(context: Ctx, code: grpc.StatusCode, message: str) -> None:
+    """Sets the call's error status, sent when the handler returns. Unlike
+    abort(), which sends it at once, this lets the interceptor count and log
+    the call before the caller sees the answer (a scrape right after an
+    error then shows it)."""
+    context.set_code(code)
+    context.set_details(message)
+
+
 def rpc(fn: Handler[T]) -> Handler[T]:
-    """Maps errors to gRPC statuses. A Redis outage is UNAVAILABLE, fast."""
+    """Maps errors to gRPC statuses. A Redis outage is UNAVAILABLE, fast.
+    On an error the wrapped handler returns None with the status set."""
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: Ctx) -> T:
         if isinstance(request, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"request: not a valid {request.type_name} message "
-                                f"({request.error[:200]})")
+            fail(context, grpc.StatusCode.INVALID_ARGUMENT,
+                 f"request: not a valid {request.type_name} message "
+                 f"({request.error[:200]})")
+            return None  # type: ignore[return-value]
         try:
             return await fn(self, request, context)
         except BudgetdError as e:
-            await context.abort(e.code, e.message)
+            fail(context, e.code, e.message)
         except _REDIS_TRANSIENT as e:
             log.warning("redis unavailable in %s: %s", fn.__name__, e)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
+            fail(context, grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
         except RedisError as e:
             if "BUSY" in str(e):  # a script running too long: no class of its own
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
-            log.exception("redis error in %s", fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"redis error: {e}")
-        raise AssertionError("abort returned")
+                fail(context, grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
+            else:
+                log.exception("redis error in %s", fn.__name__)
+                fail(context, grpc.StatusCode.INTERNAL, f"redis error: {e}")
+        return None  # type: ignore[return-value]
 
     return wrapper
 
@@ -360,7 +372,10 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
                           ) -> AsyncIterator[apb.WatchAlertsResponse]:
         # Validation and the first read go through _watch_start (mapped to a
         # status by @rpc); the loop maps Redis errors itself.
-        org, cursor = await self._watch_start(request, context)
+        start = await self._watch_start(request, context)
+        if start is None:  # refused: the status is set
+            return
+        org, cursor = start
         self.watchers += 1
         closing = asyncio.ensure_future(self.closing.wait())
         read: asyncio.Future[list[Alert]] | None = None
@@ -380,7 +395,7 @@ class BudgetAdminService(apb_grpc.BudgetAdminServiceServicer):
                     got = read.result()
                 except RedisError as e:
                     log.warning("WatchAlerts read failed: %s", e)
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
+                    fail(context, grpc.StatusCode.UNAVAILABLE, f"redis unavailable: {e}")
                     return
                 for a in got:
                     cursor = a.id
