@@ -124,6 +124,111 @@ def usage_split(u: UsageTokens) -> tuple[int, int, int, int]:
     return (u.input, u.output, u.cache_write_5m + u.cache_write_1h, u.cache_read)
 
 
+# Scopes whose script field names a replica keeps ready (ScopeFields).
+MAX_CACHED_SCOPES = 100_000
+
+# What a Reserve retry must repeat, in the order of its fingerprint.
+FINGERPRINT_FIELDS = ("scope", "model", "estimate", "ttl_seconds", "fallback_models", "batch")
+
+
+def _fingerprint(req: ReserveInput) -> str:
+    # No part holds a space (ids, model names and estimates are validated).
+    return (f"{req.scope.path} {req.model} {req.estimate_key()} {req.ttl_s} "
+            f"{','.join(req.fallback_models)} {int(req.batch)}")
+
+
+def _fingerprint_differs(stored: str, mine: str) -> str:
+    """The name of the first field in which a retry differs from the first call."""
+    for name, a, b in zip(FINGERPRINT_FIELDS, stored.split(" "), mine.split(" "), strict=False):
+        if a != b:
+            return name
+    return "request"
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeFields:
+    """The field names the reserve script reads and writes for one scope,
+    built here once so the script builds no strings."""
+
+    paths: list[str]
+    joined: str  # the paths comma-joined, as the record stores them
+    group: str  # the usage report group prefix "sm|<team[/feature]>|"
+    script_args: list[str]  # n, the paths, 4n rule fields, 4n counter fields
+
+    @staticmethod
+    def of(scope: ScopePath) -> ScopeFields:
+        paths = scope.paths
+        rule_fields = [f"{p}|{win}|{u}" for p in paths for win in ("d", "m") for u in ("t", "c")]
+        counter_fields = [f"{kind}|{p}|{u}" for p in paths for u in ("t", "c")
+                          for kind in ("u", "r")]
+        tf = paths[-1][len(scope.org) + 1:]
+        return ScopeFields(paths, ",".join(paths), f"sm|{tf}|",
+                           [str(len(paths)), *paths, *rule_fields, *counter_fields])
+
+
+def reserve_answer(payload: Any) -> dict[str, Any]:
+    """The reserve script's flat answer as the dict the service reads (a
+    record written before the flat format holds JSON)."""
+    s = payload.decode() if isinstance(payload, bytes) else str(payload)
+    if s.startswith("{"):
+        return dict(json.loads(s))
+    head, _, alerts = s.partition("\n")
+    p = head.split(" ")
+    allowed = p[0] == "a"
+    tokens, cost = p[2], p[3]
+    remaining = []
+    crossings = []
+    denial: dict[str, str] = {}
+    for k in range(5, len(p), 5):
+        rule_field, mode, limit_s, used_s, reserved_s = p[k:k + 5]
+        path, win, unit = rule_field.split("|")
+        asked = tokens if unit == "t" else cost
+        limit, consumed = int(limit_s), int(used_s) + int(reserved_s)
+        if allowed:
+            consumed += int(asked)
+        remaining.append({"path": path, "w": win, "u": unit, "mode": mode, "limit": limit_s,
+                          "remaining": str(limit - consumed)})
+        info = {"path": path, "w": win, "u": unit, "mode": mode, "limit": limit_s,
+                "used": used_s, "reserved": reserved_s, "requested": asked}
+        if allowed and mode != "h" and consumed > limit:
+            crossings.append(info)
+        elif not allowed and rule_field == p[4]:
+            denial = dict(info, model=p[1])
+    out: dict[str, Any] = {"remaining": remaining,
+                           "alerts": json.loads(alerts) if alerts else []}
+    if allowed:
+        out.update(decision="allowed", model=p[1], tokens=tokens, cost=cost, expires_ms=p[4],
+                   crossings=crossings)
+    else:
+        out.update(decision="denied", denial=denial)
+    return out
+
+
+# A held reservation's facts, as the reserve script packs them in the
+# record's 'hold' field (space-separated), and (records written before that
+# field) the fields that held them, the last two as separate fields.
+HOLD_PARTS = ("granted", "tokens", "cost", "dwid", "mwid", "dexp", "mexp", "expires_ms",
+              "paths", "created_ms")
+LEGACY_HOLD_FIELDS = ("granted", "dwid", "mwid", "created_ms", "batch")
+
+
+def hold_of(hold: str, fp: str, legacy: list[str]) -> dict[str, str]:
+    """model (granted), window ids, created_ms and batch of a reservation."""
+    if hold:
+        out = dict(zip(HOLD_PARTS, hold.split(" "), strict=True))
+        out["batch"] = fp.rsplit(" ", 1)[-1]  # the fingerprint ends with it
+        return out
+    return dict(zip(LEGACY_HOLD_FIELDS, legacy, strict=True))
+
+
+def _windows_of(hold: Any, dwid: Any, mwid: Any) -> tuple[Any, Any]:
+    """The window ids of a record, packed or (older records) separate."""
+    if hold:
+        parts = text(hold).split(" ")
+        return parts[3], parts[4]
+    return dwid, mwid
+
+
 def reservation_id(org: str, request_id: str) -> str:
     return f"{org}:{request_id}"
 
@@ -148,6 +253,7 @@ class Ledger:
         self.scripts = Scripts()
         self._tz_cache: dict[str, tuple[str, float]] = {}
         self._known_orgs: set[str] = set()
+        self._fields: dict[ScopePath, ScopeFields] = {}
 
     # -- helpers -----------------------------------------------------------
 
@@ -237,8 +343,8 @@ class Ledger:
         tz = await self.org_tz(org)
         for _ in range(2):
             win = w.windows_at(now_ms, tz)
-            paths = req.scope.paths
             expires_ms = now_ms + req.ttl_s * 1000
+            sf = self._scope_fields(req.scope)
             keys = [
                 w.request_key(org, req.request_id),
                 w.rules_key(org),
@@ -253,10 +359,10 @@ class Ledger:
                 report_key(org, win.month_id),
             ]
             args: list[str | int] = [
-                req.request_id, req.scope.path, req.model, req.estimate_key(), req.ttl_s,
-                ",".join(req.fallback_models), int(req.batch), tz, now_ms, expires_ms,
+                req.request_id, _fingerprint(req), tz, now_ms, expires_ms,
                 win.day_id, win.month_id, win.day_expire_at_s, win.month_expire_at_s,
-                RECORD_RETENTION_S, DENIED_RETENTION_S, len(paths), *paths, len(cands),
+                RECORD_RETENTION_S, DENIED_RETENTION_S, int(req.batch), sf.joined, sf.group,
+                req.ttl_s + RECORD_RETENTION_S, *sf.script_args, len(cands),
             ]
             for model, tokens, cost in cands:
                 args += [model, tokens, cost]
@@ -267,9 +373,20 @@ class Ledger:
                 continue
             if status == "exists":
                 raise _exists(payload, "request_id", req.request_id)
-            data = json.loads(payload)
-            return Answer(data, replay=status == "dup", extra={"tz": tz})
+            if status == "exists_fp":
+                raise _exists(_fingerprint_differs(text(payload), _fingerprint(req)),
+                              "request_id", req.request_id)
+            return Answer(reserve_answer(payload), replay=status == "dup",
+                          extra={"tz": tz})
         raise Unavailable("the org's time zone changed during the call; retry")
+
+    def _scope_fields(self, scope: ScopePath) -> ScopeFields:
+        got = self._fields.get(scope)
+        if got is None:
+            if len(self._fields) >= MAX_CACHED_SCOPES:
+                self._fields.clear()  # bounded; rebuilding an entry is cheap
+            got = self._fields[scope] = ScopeFields.of(scope)
+        return got
 
     async def reserve_many(self, reqs: list[ReserveInput]) -> list[Answer | BaseException]:
         """ReserveBatch: each reservation as `reserve` makes it, with its own
@@ -278,17 +395,16 @@ class Ledger:
         return await asyncio.gather(*(self.reserve(r) for r in reqs), return_exceptions=True)
 
     async def _read_reservation(self, org: str, request_id: str) -> dict[str, str]:
-        raw = await self.redis.hmget(w.request_key(org, request_id), "kind", "dwid", "mwid",
-                                     "granted", "created_ms", "batch", "state")
+        raw = await self.redis.hmget(w.request_key(org, request_id), "kind", "state", "hold",
+                                     "fp", *LEGACY_HOLD_FIELDS)
         vals = [text(v) if v is not None else "" for v in raw]
         if vals[0] != "reserve":
             raise NotFound(f"reservation_id: no reservation {reservation_id(org, request_id)!r} "
                            "(never made, or settled more than 7 days ago)", "reservation_id")
-        if vals[6] == "denied":
+        if vals[1] == "denied":
             raise FailedPrecondition("reservation_id: the reservation was denied",
                                      "reservation_id")
-        return dict(zip(["kind", "dwid", "mwid", "granted", "created_ms", "batch", "state"],
-                        vals, strict=True))
+        return hold_of(vals[2], vals[3], vals[4:])
 
     async def settle(self, req: SettleInput) -> Answer:
         org = req.org
@@ -398,8 +514,8 @@ class Ledger:
         rids = [text(i) for i in ids]
         pipe = self.redis.pipeline(transaction=False)
         for rid in rids:
-            pipe.hmget(w.request_key(org, rid), "dwid", "mwid")
-        recs = await pipe.execute()
+            pipe.hmget(w.request_key(org, rid), "hold", "dwid", "mwid")
+        recs = [_windows_of(*r) for r in await pipe.execute()]
         keys = [w.expiry_key(org), w.settings_key(org)]
         args: list[str | int] = [now_ms, RECORD_RETENTION_S]
         for rid, (dwid, mwid) in zip(rids, recs, strict=True):

@@ -5,6 +5,7 @@ persisted nor replicated: a restart or failover empties it)."""
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -19,11 +20,43 @@ if TYPE_CHECKING:
     from budgetd.batching import ScriptBatcher
 
 
+_DEFINITION = re.compile(r"local (?:function )?([A-Za-z_][A-Za-z0-9_]*)")
+_COMMENT = re.compile(r"--[^\n]*")
+
+
+def _lib_chunks(lib: str) -> list[tuple[str, str]]:
+    """_lib.lua cut into its top-level definitions: (name, text from the
+    comment lines right above it to the next definition's), in file order."""
+    lines = lib.splitlines(keepends=True)
+    starts: list[tuple[int, str]] = []
+    for i, line in enumerate(lines):
+        m = _DEFINITION.match(line)
+        if m:
+            begin = i
+            while begin > 0 and lines[begin - 1].startswith("--"):
+                begin -= 1
+            starts.append((begin, m.group(1)))
+    return [(name, "".join(lines[begin:starts[k + 1][0] if k + 1 < len(starts) else None]))
+            for k, (begin, name) in enumerate(starts)]
+
+
 def _source(name: str) -> str:
+    """The script with the helpers it uses (transitively) prepended: each
+    helper the script does not use would cost a closure on every call."""
     pkg = resources.files("budgetd") / "scripts"
     lib = (pkg / "_lib.lua").read_text()
     body = (pkg / f"{name}.lua").read_text()
-    return f"{lib}\n{body}"
+    chunks = _lib_chunks(lib)
+    needed: set[str] = set()
+    text = _COMMENT.sub("", body)
+    while True:
+        more = {n for n, _ in chunks if n not in needed and re.search(rf"\b{n}\b", text)}
+        if not more:
+            break
+        needed |= more
+        text = _COMMENT.sub("", "\n".join(c for n, c in chunks if n in needed))
+    used = "".join(c for n, c in chunks if n in needed)
+    return f"{used}\n{body}"
 
 
 class Script:

@@ -24,6 +24,20 @@ local function split(s, sep)
   return out
 end
 
+-- A held reservation's facts, {model, tokens, cost, day_wid, month_wid,
+-- day_exp, month_exp, expires_ms, paths, created_ms}: packed in the record's
+-- 'hold' field, or (records written before it) in fields of those names.
+local HOLD_FIELDS = {'granted', 'tokens', 'cost', 'dwid', 'mwid', 'dexp', 'mexp', 'expires_ms',
+  'paths', 'created_ms'}
+local function read_hold(key, packed)
+  if packed then
+    local h = {}
+    for part in string.gmatch(packed, '%S+') do h[#h + 1] = part end
+    return h
+  end
+  return redis.call('HMGET', key, unpack(HOLD_FIELDS))
+end
+
 -- Adjusts reserved/used of every path level in one window hash.
 local function adjust(key, paths, field, tokens, cost)
   if tokens == 0 and cost == 0 then return end
@@ -73,6 +87,9 @@ end
 -- ctx: {stream = key, now_ms = string, rid = request id}
 local function fire(ctx, out, r, tag, kind, th, consumed)
   redis.call('HSET', r.fired, r.path .. '|' .. r.w .. '|' .. r.u .. '|' .. tag, ctx.now_ms)
+  -- Rules that know their window's end (reserve's) set the marker's expiry
+  -- here; the other scripts set it after the charge.
+  if r.exp then redis.call('EXPIREAT', r.fired, r.exp) end
   local a = {kind = kind, path = r.path, w = r.w, u = r.u, mode = r.mode, th = th,
     limit = istr(r.limit), consumed = istr(consumed), wid = r.wid, at = ctx.now_ms,
     rid = ctx.rid}
@@ -88,22 +105,30 @@ local function fired_already(r, tags)
   return redis.call('HMGET', r.fired, unpack(fields))
 end
 
--- Threshold alerts of every rule after a charge (consumed = used + reserved,
--- read back from the counters). Every threshold reached and not yet fired
+-- Threshold alerts of one rule whose consumption (used + reserved, after
+-- the charge) is `consumed`. Every threshold reached and not yet fired
 -- fires, so a jump from 40% to 95% fires 50, 75 and 90.
+local function rule_thresholds(ctx, r, consumed, out)
+  if r.ths == '' then return end
+  local reached = {}
+  for _, t in ipairs(split(r.ths, ',')) do
+    if consumed >= threshold_amount(r.limit, tonumber(t)) then reached[#reached + 1] = t end
+  end
+  if #reached > 0 then
+    local got = fired_already(r, reached)
+    for i, t in ipairs(reached) do
+      if not got[i] then fire(ctx, out, r, t, 'threshold', t, consumed) end
+    end
+  end
+end
+
+-- Threshold alerts of every rule after a charge, reading the counters back.
 local function threshold_alerts(ctx, rules, out)
   for _, r in ipairs(rules) do
-    local cv = redis.call('HMGET', r.key, 'u|' .. r.path .. '|' .. r.u, 'r|' .. r.path .. '|' .. r.u)
-    local consumed = num(cv[1]) + num(cv[2])
-    local reached = {}
-    for _, t in ipairs(split(r.ths, ',')) do
-      if consumed >= threshold_amount(r.limit, tonumber(t)) then reached[#reached + 1] = t end
-    end
-    if #reached > 0 then
-      local got = fired_already(r, reached)
-      for i, t in ipairs(reached) do
-        if not got[i] then fire(ctx, out, r, t, 'threshold', t, consumed) end
-      end
+    if r.ths ~= '' then
+      local cv = redis.call('HMGET', r.key, 'u|' .. r.path .. '|' .. r.u,
+        'r|' .. r.path .. '|' .. r.u)
+      rule_thresholds(ctx, r, num(cv[1]) + num(cv[2]), out)
     end
   end
 end

@@ -23,23 +23,24 @@ for k = 1, n do
   local req, day, month = KEYS[5 * k - 2], KEYS[5 * k - 1], KEYS[5 * k]
   local repd, repm = KEYS[5 * k + 1], KEYS[5 * k + 2]
   local id = ARGV[2 + k]
-  local rec = redis.call('HMGET', req, 'state', 'dwid', 'mwid', 'paths', 'tokens', 'cost',
-    'expires_ms', 'granted')
-  if not rec[1] or rec[1] ~= 'held' then
+  local rec = redis.call('HMGET', req, 'state', 'hold')
+  -- hold: model tokens cost dwid mwid dexp mexp expires_ms paths created_ms
+  local h = rec[1] == 'held' and read_hold(req, rec[2])
+  if not h then
     redis.call('ZREM', KEYS[1], id)
-  elseif tonumber(rec[7]) <= now_ms
-      and string.sub(day, -#rec[2] - 1) == ':' .. rec[2]
-      and string.sub(month, -#rec[3] - 1) == ':' .. rec[3] then
-    local paths = split(rec[4], ',')
-    local t, c = tonumber(rec[5]), tonumber(rec[6])
+  elseif tonumber(h[8]) <= now_ms
+      and string.sub(day, -#h[4] - 1) == ':' .. h[4]
+      and string.sub(month, -#h[5] - 1) == ':' .. h[5] then
+    local paths = split(h[9], ',')
+    local t, c = tonumber(h[2]), tonumber(h[3])
     adjust(day, paths, 'r', -t, -c)
     adjust(month, paths, 'r', -t, -c)
     if policy == 'keep' then
       adjust(day, paths, 'u', t, c)
       adjust(month, paths, 'u', t, c)
       -- Kept as spent: the estimate counts as cost in reports until settled.
-      report_add(repd, paths, rec[8], {'c', c})
-      report_add(repm, paths, rec[8], {'c', c})
+      report_add(repd, paths, h[1], {'c', c})
+      report_add(repm, paths, h[1], {'c', c})
     end
     redis.call('HSET', req, 'state', 'expired', 'expired_policy', policy)
     redis.call('EXPIRE', req, tonumber(ARGV[2]))

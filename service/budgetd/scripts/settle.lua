@@ -26,38 +26,39 @@
 -- message, 'stale' when the windows differ from what the caller read.
 
 local req = KEYS[1]
-local rec = redis.call('HMGET', req, 'kind', 'state', 'dwid', 'mwid', 'paths', 'tokens', 'cost',
-  'expires_ms', 'settle_model', 'settle_usage', 'settle_resp', 'expired_policy', 'release_resp',
-  'granted', 'dexp', 'mexp')
+local rec = redis.call('HMGET', req, 'kind', 'state', 'hold', 'settle_model', 'settle_usage',
+  'settle_resp', 'expired_policy', 'release_resp')
 if not rec[1] or rec[1] ~= 'reserve' then return {'not_found'} end
 local state = rec[2]
 if state == 'denied' then return {'precondition', 'the reservation was denied'} end
-if rec[3] ~= ARGV[3] or rec[4] ~= ARGV[4] then return {'stale'} end
+-- hold: model tokens cost dwid mwid dexp mexp expires_ms paths created_ms
+local h = read_hold(req, rec[3])
+if h[4] ~= ARGV[3] or h[5] ~= ARGV[4] then return {'stale'} end
 
 local op = ARGV[1]
 local now_ms = tonumber(ARGV[9])
-local paths = split(rec[5], ',')
-local est_t, est_c = tonumber(rec[6]), tonumber(rec[7])
+local paths = split(h[9], ',')
+local est_t, est_c = tonumber(h[2]), tonumber(h[3])
 local day, month = KEYS[2], KEYS[3]
-local granted = rec[14]
+local granted = h[1]
 local repd, repm = KEYS[10], KEYS[11]
 
 -- Answers that need no write come first.
 if op == 'reconcile' and state == 'reconciled' then
-  if rec[9] ~= ARGV[7] then return {'exists', 'model'} end
-  if rec[10] ~= ARGV[8] then return {'exists', 'usage'} end
-  return {'dup', rec[11]}
+  if rec[4] ~= ARGV[7] then return {'exists', 'model'} end
+  if rec[5] ~= ARGV[8] then return {'exists', 'usage'} end
+  return {'dup', rec[6]}
 end
 if op == 'release' then
   if state == 'reconciled' then
     return {'precondition', 'the reservation was already reconciled'}
   end
-  if state == 'released' then return {'dup', rec[13]} end
+  if state == 'released' then return {'dup', rec[8]} end
 end
 
-local expired_policy = rec[12]
+local expired_policy = rec[7]
 local late = false
-if state == 'held' and tonumber(rec[8]) <= now_ms then
+if state == 'held' and tonumber(h[8]) <= now_ms then
   -- Past its expiry but not yet swept: expire it now, as the sweeper would.
   local policy = redis.call('HGET', KEYS[5], 'expiry')
   if not policy then policy = 'keep' end
@@ -101,9 +102,9 @@ if op == 'reconcile' then
   local rules = load_rules(KEYS[6], paths, {{'d', day, ARGV[3], KEYS[7]},
     {'m', month, ARGV[4], KEYS[8]}})
   threshold_alerts({stream = KEYS[9], now_ms = ARGV[9], rid = ARGV[2]}, rules, alerts)
-  for _, k in ipairs({KEYS[7], repd}) do redis.call('EXPIREAT', k, tonumber(rec[15])) end
-  for _, k in ipairs({KEYS[8], repm}) do redis.call('EXPIREAT', k, tonumber(rec[16])) end
-  resp = cjson.encode({state = 'reconciled', late = late, tokens = rec[6], cost = rec[7],
+  for _, k in ipairs({KEYS[7], repd}) do redis.call('EXPIREAT', k, tonumber(h[6])) end
+  for _, k in ipairs({KEYS[8], repm}) do redis.call('EXPIREAT', k, tonumber(h[7])) end
+  resp = cjson.encode({state = 'reconciled', late = late, tokens = h[2], cost = h[3],
     actual_tokens = ARGV[5], actual_cost = ARGV[6], alerts = alerts})
   redis.call('HSET', req, 'state', 'reconciled', 'settle_model', ARGV[7], 'settle_usage', ARGV[8],
     'settle_resp', resp, 'late', late and '1' or '0')

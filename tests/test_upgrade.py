@@ -1,0 +1,91 @@
+"""Reservations recorded by the previous record layout (one hash field per
+fact, the answer as JSON) keep working after an upgrade: a rolling deploy
+leaves such records in Redis for up to their ttl plus retention, and a
+retry, reconcile or expiry of one must not fail nor charge twice."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+from budgetd.limits import RECORD_RETENTION_S
+from budgetd_client import AlreadyExists, Usage
+from conftest import T0, Budgetd, ms
+from helpers import TEST_MODEL, set_test_pricing
+
+ORG = "acme"
+PATH = "acme/search"
+DAY, MONTH = "d20270315", "m202703"
+TTL_S = 300
+
+
+def legacy_reserve(r: redis.Redis, rid: str, tokens: int, cost: int) -> None:
+    """What the earlier reserve script left for a granted reservation:
+    the record's separate fields, the reserved counters and the index."""
+    now_ms = ms(T0)
+    expires_ms = now_ms + TTL_S * 1000
+    resp = json.dumps({"decision": "allowed", "model": TEST_MODEL, "tokens": str(tokens),
+                       "cost": str(cost), "expires_ms": str(expires_ms), "remaining": {},
+                       "crossings": {}, "alerts": {}})
+    key = f"bd:{{{ORG}}}:q:{rid}"
+    r.hset(key, mapping={
+        "kind": "reserve", "scope": PATH, "model": TEST_MODEL,
+        "estimate": f"x:{tokens}:{cost}", "ttl": str(TTL_S), "fallbacks": "", "batch": "0",
+        "created_ms": str(now_ms), "state": "held", "granted": TEST_MODEL,
+        "tokens": str(tokens), "cost": str(cost), "dwid": DAY, "mwid": MONTH,
+        "dexp": "1999999999", "mexp": "1999999999", "paths": f"{ORG},{PATH}",
+        "expires_ms": str(expires_ms), "resp": resp})
+    r.expire(key, TTL_S + RECORD_RETENTION_S)
+    for wid in (DAY, MONTH):
+        for p in (ORG, PATH):
+            r.hincrby(f"bd:{{{ORG}}}:w:{wid}", f"r|{p}|t", tokens)
+            r.hincrby(f"bd:{{{ORG}}}:w:{wid}", f"r|{p}|c", cost)
+    r.zadd(f"bd:{{{ORG}}}:exp", {rid: expires_ms})
+    r.sadd("bd:orgs", ORG)
+
+
+def counter(r: redis.Redis, wid: str, field: str) -> int:
+    return int(r.hget(f"bd:{{{ORG}}}:w:{wid}", field) or 0)
+
+
+@pytest.fixture()
+def b(budgetd: Budgetd) -> Budgetd:
+    set_test_pricing(budgetd.admin)
+    budgetd.admin.set_budget(PATH, "day", "tokens", 10_000)
+    return budgetd
+
+
+def test_retry_of_a_legacy_reservation_replays_it_and_a_changed_one_is_refused(
+        b: Budgetd, r: redis.Redis) -> None:
+    legacy_reserve(r, "old-1", 400, 40)
+    again = b.client.reserve(PATH, TEST_MODEL, tokens=400, cost_micros=40, request_id="old-1")
+    assert again.allowed and again.reserved_tokens == 400
+    assert again.reservation_id == f"{ORG}:old-1"
+    assert counter(r, DAY, f"r|{PATH}|t") == 400  # replayed, not charged again
+    with pytest.raises(AlreadyExists, match="model"):
+        b.client.reserve(PATH, "other-model", tokens=400, cost_micros=40, request_id="old-1")
+    with pytest.raises(AlreadyExists, match="estimate"):
+        b.client.reserve(PATH, TEST_MODEL, tokens=401, cost_micros=40, request_id="old-1")
+
+
+def test_legacy_reservation_reconciles_into_its_windows(b: Budgetd, r: redis.Redis) -> None:
+    legacy_reserve(r, "old-2", 400, 40)
+    s = b.client.reconcile(f"{ORG}:old-2", Usage(input_tokens=100, output_tokens=50))
+    assert (s.state, s.reserved_tokens, s.actual_tokens) == ("reconciled", 400, 150)
+    for wid in (DAY, MONTH):
+        assert counter(r, wid, f"r|{PATH}|t") == 0
+        assert counter(r, wid, f"u|{PATH}|t") == 150
+    assert r.zscore(f"bd:{{{ORG}}}:exp", "old-2") is None
+    # The retry of that reconcile is a replay.
+    again = b.client.reconcile(f"{ORG}:old-2", Usage(input_tokens=100, output_tokens=50))
+    assert again.state == "reconciled" and counter(r, DAY, f"u|{PATH}|t") == 150
+
+
+def test_legacy_reservation_expires_by_the_sweep(b: Budgetd, r: redis.Redis) -> None:
+    legacy_reserve(r, "old-3", 400, 40)
+    b.clock.advance_s(TTL_S + 1)
+    assert b.expire_now() == 1
+    assert r.hget(f"bd:{{{ORG}}}:q:old-3", "state") == b"expired"
+    # The default policy keeps the estimate as spent.
+    assert (counter(r, DAY, f"r|{PATH}|t"), counter(r, DAY, f"u|{PATH}|t")) == (0, 400)
