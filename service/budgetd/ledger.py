@@ -179,9 +179,10 @@ def reserve_answer(payload: Any) -> dict[str, Any]:
     remaining = []
     crossings = []
     denial: dict[str, str] = {}
-    for k in range(5, len(p), 5):
-        rule_field, mode, limit_s, used_s, reserved_s = p[k:k + 5]
+    for k in range(5, len(p), 4):
+        rule_field, rule_value, used_s, reserved_s = p[k:k + 4]
         path, win, unit = rule_field.split("|")
+        limit_s, mode, _ = rule_value.split("|")
         asked = tokens if unit == "t" else cost
         limit, consumed = int(limit_s), int(used_s) + int(reserved_s)
         if allowed:
@@ -361,11 +362,17 @@ class Ledger:
             args: list[str | int] = [
                 req.request_id, _fingerprint(req), tz, now_ms, expires_ms,
                 win.day_id, win.month_id, win.day_expire_at_s, win.month_expire_at_s,
-                RECORD_RETENTION_S, DENIED_RETENTION_S, int(req.batch), sf.joined, sf.group,
-                req.ttl_s + RECORD_RETENTION_S, *sf.script_args, len(cands),
+                req.ttl_s + RECORD_RETENTION_S, DENIED_RETENTION_S, sf.group,
+                *sf.script_args, len(cands),
             ]
+            # Per candidate, what the script would otherwise build in Lua:
+            # its report field, its record's hold and its answer's head.
+            hold_tail = (f"{win.day_id} {win.month_id} {win.day_expire_at_s} "
+                         f"{win.month_expire_at_s} {expires_ms} {sf.joined} {now_ms}")
             for model, tokens, cost in cands:
-                args += [model, tokens, cost]
+                args += [model, tokens, cost, f"{sf.group}{model}|n",
+                         f"{model} {tokens} {cost} {hold_tail}",
+                         f"a {model} {tokens} {cost} {expires_ms}"]
             status, payload = _decode(await self.scripts.reserve(self.redis, keys, args))
             if status == "stale_tz":
                 # The org's zone changed since we cached it: retry with the stored one.
