@@ -152,17 +152,22 @@ class Load:
 
 async def closed_loop(address: str, concurrency: int, seconds: float,
                       make: Callable[[int], pb.ReserveRequest] = reserve_request,
-                      warmup_s: float = 1.0) -> Load:
-    """`concurrency` calls always in flight on one channel, for `seconds`."""
-    async with grpc.aio.insecure_channel(address) as ch:
-        stub = pb_grpc.BudgetServiceStub(ch)
+                      warmup_s: float = 1.0, channels: int = 1) -> Load:
+    """`concurrency` calls always in flight, spread over `channels` channels
+    (each its own TCP connection), for `seconds`."""
+    # A local subchannel pool per channel: grpc shares one connection between
+    # identical channels otherwise, and SO_REUSEPORT spreads connections.
+    opts = [("grpc.use_local_subchannel_pool", 1)] if channels > 1 else []
+    chans = [grpc.aio.insecure_channel(address, options=opts) for _ in range(channels)]
+    try:
+        stubs = [pb_grpc.BudgetServiceStub(ch) for ch in chans]
         counter = 0
         errors = 0
         measuring = False
         done = 0
         stop_at = time.monotonic() + warmup_s + seconds
 
-        async def worker() -> None:
+        async def worker(stub: pb_grpc.BudgetServiceStub) -> None:
             nonlocal counter, errors, done
             while time.monotonic() < stop_at:
                 counter += 1
@@ -173,12 +178,15 @@ async def closed_loop(address: str, concurrency: int, seconds: float,
                 except grpc.aio.AioRpcError:
                     errors += 1
 
-        tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+        tasks = [asyncio.create_task(worker(stubs[i % channels])) for i in range(concurrency)]
         await asyncio.sleep(warmup_s)
         measuring = True
         t0 = time.monotonic()
         await asyncio.gather(*tasks)
         return Load(done, time.monotonic() - t0, errors, [])
+    finally:
+        for ch in chans:
+            await ch.close()
 
 
 async def open_loop(address: str, rate_per_s: float, seconds: float,

@@ -307,6 +307,14 @@ def test_termination_outlasts_the_drain(scenario: tuple[str, Obj, list[Obj]]) ->
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
+def test_workers_reach_the_server(scenario: tuple[str, Obj, list[Obj]], chart: Any) -> None:
+    _, values, objs = scenario
+    data = one(objs, "ConfigMap", FULLNAME)["data"]
+    assert data["BUDGETD_WORKERS"] == str(values["server"]["workers"]) == "1"
+    two = render(chart, {**values, "server": {**values["server"], "workers": 2}})
+    assert one(two, "ConfigMap", FULLNAME)["data"]["BUDGETD_WORKERS"] == "2"
+
+
 def _secret_strings(values: Obj) -> list[str]:
     out = [values["redis"]["url"], values["webhook"]["url"]]
     out += [t["sha256"] for t in values["auth"]["tokens"]]
@@ -635,6 +643,8 @@ INVALID: list[tuple[str, Obj, str]] = [
     ("grpc port a string", {"server": {"grpcPort": "50051"}}, "/server/grpcPort"),
     ("port out of range", {"server": {"grpcPort": 70000}}, "/server/grpcPort"),
     ("log format", {"server": {"logFormat": "xml"}}, "/server/logFormat"),
+    ("no workers", {"server": {"workers": 0}}, "/server/workers"),
+    ("too many workers", {"server": {"workers": 65}}, "/server/workers"),
     ("enabled a string", {"autoscaling": {"enabled": "yes"}}, "/autoscaling/enabled"),
     ("unknown top-level key", {"replicas": 3}, "additional properties 'replicas' not allowed"),
     ("typo in a section", {"redis": {"embeded": {"enabled": True}}},

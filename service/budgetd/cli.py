@@ -27,6 +27,15 @@ def main(argv: list[str] | None = None) -> int:
         settings = config.from_args(ns)
         logs.setup(settings.log_level, settings.log_format)
         from budgetd.auth import ConfigError
+
+        if settings.workers > 1:
+            from budgetd.workers import supervise
+
+            try:
+                return supervise(settings)
+            except ConfigError as e:
+                print(f"budgetd: error: {e}", file=sys.stderr)
+                return 2
         from budgetd.server import serve
 
         try:

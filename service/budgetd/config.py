@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 def default_data_dir() -> str:
@@ -60,9 +62,30 @@ class Settings:
     # Most script calls coalesced into one pipeline (0: no batching, each
     # call its own round trip).
     redis_batch_max: int = 512
+    # Server processes sharing --listen through SO_REUSEPORT (budgetd/workers.py).
+    workers: int = 1
 
 
-_FLAGS: list[tuple[str, str, type, str]] = [
+# Explicit bound of --workers: each worker holds its own Redis connections and
+# memory; far more processes than cores only adds context switches.
+MAX_WORKERS = 64
+
+
+def workers_count(text: str) -> int:
+    """argparse type of --workers: an integer 1..MAX_WORKERS, else a usage
+    error naming the flag (argparse prefixes 'argument --workers:')."""
+    try:
+        n = int(text.strip())
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer from 1 to {MAX_WORKERS} (flag or BUDGETD_WORKERS), "
+            f"got {text!r}")
+    return n
+
+
+_FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("listen", "BUDGETD_LISTEN", str, "gRPC listen address host:port"),
     ("redis_url", "BUDGETD_REDIS_URL", str,
      "Redis URL: redis://, rediss://, redis+cluster://host:port[,host:port], "
@@ -115,6 +138,9 @@ _FLAGS: list[tuple[str, str, type, str]] = [
      "WAIT timeout (ms); a write not replicated in time answers UNAVAILABLE"),
     ("redis_batch_max", "BUDGETD_REDIS_BATCH_MAX", int,
      "most concurrent script calls sent in one pipeline (0: no batching)"),
+    ("workers", "BUDGETD_WORKERS", workers_count,
+     f"server processes sharing --listen via SO_REUSEPORT (1..{MAX_WORKERS}); >1: a parent "
+     "process supervises them, see docs/scaling.md"),
 ]
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -129,9 +155,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 action="store_true", default=on,
                                 help=f"{help_} [env {env}=1]")
             continue
-        default = os.environ.get(env, getattr(defaults, name))
+        default = os.environ.get(env)
+        if default is None:
+            default = getattr(defaults, name)
+        # A set env value stays a string: argparse converts it with `typ` when
+        # the flag is absent, so a bad value is a usage error naming the flag.
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ,
-                            default=typ(default) if default != "" else "",
+                            default=default,
                             help=f"{help_} [env {env}, default {getattr(defaults, name)!r}]")
 
 

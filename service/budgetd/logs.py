@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
@@ -27,12 +28,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def setup(level: str = "INFO", fmt: str = "json") -> None:
+class _WorkerFields(logging.Filter):
+    """Marks every line of a `--workers` process with its index and pid:
+    N processes share one stderr."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+        self.pid = os.getpid()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        record.pid = self.pid
+        return True
+
+
+def setup(level: str = "INFO", fmt: str = "json", worker: int | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
+    elif worker is not None:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s [worker %(worker)s pid %(pid)s] %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    if worker is not None:
+        handler.addFilter(_WorkerFields(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -108,14 +108,15 @@ def observe_response(method: str, resp: Any, teams: TeamLabels) -> str:
 
 
 class MetricsServer:
-    """The HTTP endpoint serving REGISTRY at /metrics, on its own thread."""
+    """The HTTP endpoint serving REGISTRY (or `registry`: the workers'
+    aggregate, see workers.py) at /metrics, on its own thread."""
 
-    def __init__(self, listen: str) -> None:
+    def __init__(self, listen: str, registry: CollectorRegistry = REGISTRY) -> None:
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"--metrics-listen {listen!r}: expected host:port")
         self._server, self._thread = _start_http_server(int(port), host.strip("[]"),
-                                                        registry=REGISTRY)
+                                                        registry=registry)
 
     @property
     def port(self) -> int:

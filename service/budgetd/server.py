@@ -61,6 +61,10 @@ class App:
     # The plaintext health-only listener (--health-listen) and its port.
     health_server: grpc.aio.Server | None = None
     health_port: int = 0
+    # The expiry sweeper, webhook sender and drift check. With --workers N
+    # only worker 0 runs them: N sweepers or senders would duplicate work
+    # (and webhook POSTs).
+    background_jobs: bool = True
 
     async def start(self) -> None:
         s = self.settings
@@ -88,15 +92,19 @@ class App:
             self.ledger.scripts.attach(self.batcher)
         admin = Admin(self.redis, self.ledger)
         self.drift: DriftChecker | None = None
-        if s.drift_provider:  # Checked before serving: a bad mapping stops the start.
+        # Checked before serving: a bad mapping stops the start.
+        if s.drift_provider and self.background_jobs:
             self.drift = DriftChecker(self.redis, self.ledger, self.clock, DriftConfig(
                 provider=s.drift_provider, mapping_file=s.drift_mapping_file,
                 org=s.drift_org or None, interval_s=s.drift_interval_s,
                 threshold_percent=s.drift_threshold_percent, base_url=s.drift_base_url))
+        # Off unless --workers > 1: a second budgetd on a taken port must fail,
+        # not silently share it. With workers the kernel spreads connections.
+        reuseport = 1 if s.workers > 1 else 0
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", reuseport),
         ], interceptors=[
             ServerInterceptor(authorizer, metrics.TeamLabels(s.metrics_per_team)),
             # Inner: malformed bytes reach the servicer, which answers INVALID_ARGUMENT.
@@ -129,10 +137,10 @@ class App:
             self.metrics_server = metrics.MetricsServer(s.metrics_listen)
             log.info("metrics serving", extra={"metrics_listen": s.metrics_listen,
                                                "port": self.metrics_server.port})
-        self._tasks = [asyncio.create_task(self._sweep_loop()),
-                       asyncio.create_task(self._health_loop())]
+        self._tasks = [asyncio.create_task(self._sweep_loop())] if self.background_jobs else []
+        self._tasks.append(asyncio.create_task(self._health_loop()))
         self.webhook: WebhookSender | None = None
-        if s.webhook_url:
+        if s.webhook_url and self.background_jobs:
             self.webhook = WebhookSender(self.redis, WebhookConfig(
                 url=s.webhook_url, timeout_s=s.webhook_timeout_s,
                 max_attempts=s.webhook_max_attempts, backoff_s=s.webhook_backoff_s,
@@ -143,6 +151,10 @@ class App:
             self._tasks.append(asyncio.create_task(self.drift.run()))
             log.info("drift check enabled", extra={"provider": s.drift_provider,
                                                    "interval_s": s.drift_interval_s})
+        if s.workers > 1 and self.background_jobs:
+            log.info("background jobs run in this worker", extra={
+                "jobs": ["expiry", *(["webhook"] if self.webhook else []),
+                         *(["drift"] if self.drift else [])]})
         log.info("budgetd serving", extra={"listen": s.listen, "port": self.port,
                                            "tls": creds is not None,
                                            "mtls": bool(s.tls_client_ca_file),
@@ -154,7 +166,8 @@ class App:
         budget or admin service, no reflection, so it needs no auth."""
         self.health_server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", 4096),
-            ("grpc.so_reuseport", 0),
+            # Every worker answers probes on the shared port (same statuses).
+            ("grpc.so_reuseport", 1 if self.settings.workers > 1 else 0),
         ], maximum_concurrent_rpcs=64)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
         self.health_port = self.health_server.add_insecure_port(listen)
