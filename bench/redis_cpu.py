@@ -105,9 +105,11 @@ def main() -> int:
                         for unit in ("tokens", "cost_micros"):
                             admin.set_budget(scope, window, unit, 10**15)
         r = redis.Redis.from_url(server.url)
-        # Captured in db 1 (same rules), replayed in db 0: fresh reservations.
-        for key in r.scan_iter(match="bd:*:rules"):
-            r.copy(key, key, destination_db=1)
+        # Captured in db 1 (same rules and settings), replayed in db 0:
+        # fresh reservations.
+        for pattern in ("bd:*:rules", "bd:*:cfg"):
+            for key in r.scan_iter(match=pattern):
+                r.copy(key, key, destination_db=1)
         db1 = server.url.rsplit("/", 1)[0] + "/1"
         for name, make, label in (
                 ("redis_cpu_per_reserve_us", reserve_request, "3 levels, a rule each"),

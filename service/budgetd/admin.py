@@ -78,20 +78,25 @@ class Admin:
         self.ledger = ledger
 
     async def set_budget(self, rule: Rule) -> bool:
-        key = w.rules_key(rule.scope.org)
-        old = await self.redis.hget(key, rule.field)
-        if old is not None and text(old) == rule.value:
-            return False
-        if old is None and await self.redis.hlen(key) >= MAX_RULES_PER_ORG:
+        org = rule.scope.org
+        changed = await self.ledger.scripts.rules(
+            self.redis, [w.rules_key(org), w.settings_key(org)],
+            ["set", rule.field, rule.value, MAX_RULES_PER_ORG])
+        if changed == -1:
             raise FailedPrecondition(f"rule.scope.org: the org has {MAX_RULES_PER_ORG} rules, "
                                      "the maximum", "rule.scope.org")
-        await self.redis.hset(key, rule.field, rule.value)
-        await self.redis.sadd(w.ORGS_KEY, rule.scope.org)
-        return True
+        self.ledger.forget_org(org)
+        if changed:
+            await self.redis.sadd(w.ORGS_KEY, org)
+        return bool(changed)
 
     async def delete_budget(self, scope: ScopePath, window: str, unit: str) -> bool:
-        n = await self.redis.hdel(w.rules_key(scope.org), f"{scope.path}|{window}|{unit}")
-        return bool(n)
+        org = scope.org
+        changed = await self.ledger.scripts.rules(
+            self.redis, [w.rules_key(org), w.settings_key(org)],
+            ["del", f"{scope.path}|{window}|{unit}"])
+        self.ledger.forget_org(org)
+        return bool(changed)
 
     async def list_budgets(self, org: str) -> list[Rule]:
         raw = await self.redis.hgetall(w.rules_key(org))
@@ -114,7 +119,7 @@ class Admin:
         if mapping:
             await self.redis.hset(w.settings_key(org), mapping=mapping)
             await self.redis.sadd(w.ORGS_KEY, org)
-        self.ledger.forget_tz(org)
+        self.ledger.forget_org(org)
         return await self.get_settings(org)
 
     async def set_pricing(self, mp: ModelPricing) -> ModelPricing:

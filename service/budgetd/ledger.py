@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from budgetd import orgcache
 from budgetd import windows as w
 from budgetd.alerts import alerts_key, fired_key
 from budgetd.clock import Clock
@@ -30,16 +31,12 @@ from budgetd.limits import (
     MONTH_RETENTION_S,
     RECORD_RETENTION_S,
 )
+from budgetd.orgcache import OrgConfig
 from budgetd.pricing import PriceTable, PricingError, UnknownModelError, UsageTokens
 from budgetd.reports import report_key
 from budgetd.scripts import Scripts
 
 log = logging.getLogger("budgetd.ledger")
-
-# How long a replica trusts its cached copy of an org's time zone. The
-# scripts compare it with the stored one anyway ('stale_tz'), so this only
-# bounds extra round trips.
-TZ_CACHE_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +121,6 @@ def usage_split(u: UsageTokens) -> tuple[int, int, int, int]:
     return (u.input, u.output, u.cache_write_5m + u.cache_write_1h, u.cache_read)
 
 
-# Scopes whose script field names a replica keeps ready (ScopeFields).
-MAX_CACHED_SCOPES = 100_000
-
 # What a Reserve retry must repeat, in the order of its fingerprint.
 FINGERPRINT_FIELDS = ("scope", "model", "estimate", "ttl_seconds", "fallback_models", "batch")
 
@@ -143,27 +137,6 @@ def _fingerprint_differs(stored: str, mine: str) -> str:
         if a != b:
             return name
     return "request"
-
-
-@dataclass(frozen=True, slots=True)
-class ScopeFields:
-    """The field names the reserve script reads and writes for one scope,
-    built here once so the script builds no strings."""
-
-    paths: list[str]
-    joined: str  # the paths comma-joined, as the record stores them
-    group: str  # the usage report group prefix "sm|<team[/feature]>|"
-    script_args: list[str]  # n, the paths, 4n rule fields, 4n counter fields
-
-    @staticmethod
-    def of(scope: ScopePath) -> ScopeFields:
-        paths = scope.paths
-        rule_fields = [f"{p}|{win}|{u}" for p in paths for win in ("d", "m") for u in ("t", "c")]
-        counter_fields = [f"{kind}|{p}|{u}" for p in paths for u in ("t", "c")
-                          for kind in ("u", "r")]
-        tf = paths[-1][len(scope.org) + 1:]
-        return ScopeFields(paths, ",".join(paths), f"sm|{tf}|",
-                           [str(len(paths)), *paths, *rule_fields, *counter_fields])
 
 
 def reserve_answer(payload: Any) -> dict[str, Any]:
@@ -252,25 +225,27 @@ class Ledger:
         self.clock = clock
         self.pricing = pricing
         self.scripts = Scripts()
-        self._tz_cache: dict[str, tuple[str, float]] = {}
+        self._orgs: dict[str, OrgConfig] = {}
         self._known_orgs: set[str] = set()
-        self._fields: dict[ScopePath, ScopeFields] = {}
 
     # -- helpers -----------------------------------------------------------
 
+    async def org_config(self, org: str, fresh: bool = False) -> OrgConfig:
+        """The org's zone and rules as this replica caches them (orgcache.py)."""
+        hit = self._orgs.get(org)
+        if hit is not None and not fresh and hit.fresh():
+            return hit
+        got = await orgcache.load(self.redis, org)
+        if len(self._orgs) >= orgcache.MAX_CACHED_ORGS:
+            self._orgs.clear()
+        self._orgs[org] = got
+        return got
+
     async def org_tz(self, org: str, fresh: bool = False) -> str:
-        hit = self._tz_cache.get(org)
-        if hit and not fresh and time.monotonic() - hit[1] < TZ_CACHE_S:
-            return hit[0]
-        raw = await self.redis.hget(w.settings_key(org), "tz")
-        return self._remember_tz(org, text(raw) if raw else "UTC")
+        return (await self.org_config(org, fresh)).tz
 
-    def _remember_tz(self, org: str, tz: str) -> str:
-        self._tz_cache[org] = (tz, time.monotonic())
-        return tz
-
-    def forget_tz(self, org: str) -> None:
-        self._tz_cache.pop(org, None)
+    def forget_org(self, org: str) -> None:
+        self._orgs.pop(org, None)
 
     async def _note_org(self, org: str) -> None:
         # The sweeper finds orgs here; in a cluster this set lives in another
@@ -341,11 +316,14 @@ class Ledger:
         now_ms = self.clock.now_ms()
         cands = self._candidates(req, now_ms)
         await self._note_org(org)
-        tz = await self.org_tz(org)
-        for _ in range(2):
-            win = w.windows_at(now_ms, tz)
+        cfg = await self.org_config(org)
+        for attempt in range(3):
+            if attempt:
+                # The org's zone or rules changed since we cached them.
+                cfg = await self.org_config(org, fresh=True)
+            win = w.windows_at(now_ms, cfg.tz)
             expires_ms = now_ms + req.ttl_s * 1000
-            sf = self._scope_fields(req.scope)
+            sr = cfg.scope_rules(org, req.scope.team, req.scope.feature)
             keys = [
                 w.request_key(org, req.request_id),
                 w.rules_key(org),
@@ -360,23 +338,21 @@ class Ledger:
                 report_key(org, win.month_id),
             ]
             args: list[str | int] = [
-                req.request_id, _fingerprint(req), tz, now_ms, expires_ms,
+                req.request_id, _fingerprint(req), cfg.tz, cfg.rgen, now_ms, expires_ms,
                 win.day_id, win.month_id, win.day_expire_at_s, win.month_expire_at_s,
-                req.ttl_s + RECORD_RETENTION_S, DENIED_RETENTION_S, sf.group,
-                *sf.script_args, len(cands),
+                req.ttl_s + RECORD_RETENTION_S, DENIED_RETENTION_S, sr.group,
+                *sr.script_args, len(cands),
             ]
             # Per candidate, what the script would otherwise build in Lua:
             # its report field, its record's hold and its answer's head.
             hold_tail = (f"{win.day_id} {win.month_id} {win.day_expire_at_s} "
-                         f"{win.month_expire_at_s} {expires_ms} {sf.joined} {now_ms}")
+                         f"{win.month_expire_at_s} {expires_ms} {sr.joined} {now_ms}")
             for model, tokens, cost in cands:
-                args += [model, tokens, cost, f"{sf.group}{model}|n",
+                args += [model, tokens, cost, f"{sr.group}{model}|n",
                          f"{model} {tokens} {cost} {hold_tail}",
                          f"a {model} {tokens} {cost} {expires_ms}"]
             status, payload = _decode(await self.scripts.reserve(self.redis, keys, args))
-            if status == "stale_tz":
-                # The org's zone changed since we cached it: retry with the stored one.
-                tz = self._remember_tz(org, text(payload))
+            if status == "stale_cfg":
                 continue
             if status == "exists":
                 raise _exists(payload, "request_id", req.request_id)
@@ -384,16 +360,8 @@ class Ledger:
                 raise _exists(_fingerprint_differs(text(payload), _fingerprint(req)),
                               "request_id", req.request_id)
             return Answer(reserve_answer(payload), replay=status == "dup",
-                          extra={"tz": tz})
-        raise Unavailable("the org's time zone changed during the call; retry")
-
-    def _scope_fields(self, scope: ScopePath) -> ScopeFields:
-        got = self._fields.get(scope)
-        if got is None:
-            if len(self._fields) >= MAX_CACHED_SCOPES:
-                self._fields.clear()  # bounded; rebuilding an entry is cheap
-            got = self._fields[scope] = ScopeFields.of(scope)
-        return got
+                          extra={"tz": cfg.tz})
+        raise Unavailable("the org's time zone or rules changed during the call; retry")
 
     async def reserve_many(self, reqs: list[ReserveInput]) -> list[Answer | BaseException]:
         """ReserveBatch: each reservation as `reserve` makes it, with its own
@@ -504,7 +472,7 @@ class Ledger:
             status, payload = _decode(await self.scripts.record(self.redis, keys, args))
             if status == "stale_tz":
                 # The org's zone changed since we cached it: retry with the stored one.
-                tz = self._remember_tz(org, text(payload))
+                tz = (await self.org_config(org, fresh=True)).tz
                 continue
             if status == "exists":
                 raise _exists(payload, "request_id", req.request_id)

@@ -101,6 +101,7 @@ class Scripts:
         self.record = Script("record")
         self.expire = Script("expire")
         self.drift_alert = Script("drift_alert")
+        self.rules = Script("rules")
 
     def attach(self, batcher: ScriptBatcher | None) -> None:
         """Route every script call on `batcher.redis` through the batcher
@@ -109,4 +110,5 @@ class Scripts:
             s.batcher = batcher
 
     def all(self) -> list[Script]:
-        return [self.reserve, self.settle, self.record, self.expire, self.drift_alert]
+        return [self.reserve, self.settle, self.record, self.expire, self.drift_alert,
+                self.rules]

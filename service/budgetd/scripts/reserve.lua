@@ -3,16 +3,18 @@
 -- in order in this same atomic step. Idempotent by request_id.
 --
 -- Cheap for Redis by design (it runs before every model call, and Lua's
--- allocations, tonumber and string.format cost more than the commands):
--- every string it stores or answers that can be built in advance arrives in
--- ARGV (field names, the record's hold, the answer's head), amounts are
--- charged with HINCRBY as given, only the counters a rule checks are read,
--- a rule is a small array, keys get their expiry only when this call created
--- them, and the record is five fields.
+-- allocations, tonumber and string.format cost more than the commands): the
+-- caller passes the scope's rules already parsed, from its cache, with the
+-- rules generation and time zone it read them under (both checked here:
+-- 'stale_cfg' if either moved); every string stored or answered that can be
+-- built in advance arrives in ARGV (field names, the record's hold, the
+-- answer's head); amounts are charged with HINCRBY as given; only the
+-- counters a rule checks are read; keys get their expiry only when this call
+-- created them; the record is five fields.
 --
 -- KEYS[1] request record   bd:{org}:q:<request_id>
 -- KEYS[2] rules hash       bd:{org}:rules
--- KEYS[3] org settings     bd:{org}:cfg
+-- KEYS[3] org settings     bd:{org}:cfg (tz, rgen)
 -- KEYS[4] day counters     bd:{org}:w:d<YYYYMMDD>
 -- KEYS[5] month counters   bd:{org}:w:m<YYYYMM>
 -- KEYS[6] expiry index     bd:{org}:exp
@@ -25,16 +27,23 @@
 -- ARGV[1]  request_id
 -- ARGV[2]  fingerprint: "scope model estimate ttl_s fallbacks batch", what a
 --          retry must repeat (space-separated; none of them holds a space)
--- ARGV[3]  time zone the server assumed   ARGV[4]  now_ms
--- ARGV[5]  expires_at_ms
--- ARGV[6]  day window id                  ARGV[7]  month window id
--- ARGV[8]  day keys expire-at (unix s)    ARGV[9]  month keys expire-at (unix s)
--- ARGV[10] seconds to keep a granted record: ttl_s + record retention
--- ARGV[11] seconds to keep a denied record
--- ARGV[12] report group prefix "sm|<team[/feature]>|"
--- ARGV[13] n paths (1..3), then the n paths (org, org/team, org/team/feature)
--- then 4n rule fields, per path: <p>|d|t <p>|d|c <p>|m|t <p>|m|c
--- then 4n counter fields, per path: u|<p>|t r|<p>|t u|<p>|c r|<p>|c
+-- ARGV[3]  the org's time zone as the caller read it
+-- ARGV[4]  the org's rules generation as the caller read it ('' if none)
+-- ARGV[5]  now_ms                         ARGV[6]  expires_at_ms
+-- ARGV[7]  day window id                  ARGV[8]  month window id
+-- ARGV[9]  day keys expire-at (unix s)    ARGV[10] month keys expire-at (unix s)
+-- ARGV[11] seconds to keep a granted record: ttl_s + record retention
+-- ARGV[12] seconds to keep a denied record
+-- ARGV[13] report group prefix "sm|<team[/feature]>|"
+-- ARGV[14] n paths (1..3), then the n paths (org, org/team, org/team/feature)
+-- then 2n reserved counters to charge, per path: r|<p>|t r|<p>|c
+-- then the number of rules (in the order a denial names the first one
+--   violated: org, team, feature; day, month; tokens, cost), the number of
+--   day and of month counter fields, those fields (u|<p>|<unit> r|<p>|<unit>
+--   per rule), then per rule: "<rule field> <rule value>", limit, mode
+--   (h|s|w), the amount at which its lowest alert threshold is reached (''
+--   if none), and the index of its used counter among the day fields (> 0)
+--   or the month fields (< 0)
 -- then the number of candidates, then per candidate: model, tokens, cost,
 --   its report field "<prefix><model>|n", its hold (below), and its answer
 --   head "a <model> <tokens> <cost> <expires_ms>"
@@ -45,7 +54,7 @@
 --
 -- Returns {status, payload}: 'ok'|'dup'|'denied' with the answer, 'exists'
 -- with the name of the field that differs, 'exists_fp' with the stored
--- fingerprint (the caller names the field), 'stale_tz' with the tz.
+-- fingerprint (the caller names the field), 'stale_cfg' (reload, retry).
 -- The answer, space-separated (a newline and the alerts' JSON may follow):
 --   a <model> <tokens> <cost> <expires_ms> then per rule R
 --   d <model> <tokens> <cost> <violated rule's field> then per rule R
@@ -71,48 +80,39 @@ if call('EXISTS', req) == 1 then
   return {'dup', existing[3]}
 end
 
-local tz = call('HGET', KEYS[3], 'tz') or 'UTC'
-if tz ~= ARGV[3] then return {'stale_tz', tz} end
+local cfg = call('HMGET', KEYS[3], 'tz', 'rgen')
+if (cfg[1] or 'UTC') ~= ARGV[3] or (cfg[2] or '') ~= ARGV[4] then return {'stale_cfg'} end
 
-local n = tonumber(ARGV[13])
-local rule_at = 14 + n
-local counter_at = rule_at + 4 * n
-local cand_at = counter_at + 4 * n
-local rvals = call('HMGET', KEYS[2], unpack(ARGV, rule_at, counter_at - 1))
+local n = tonumber(ARGV[14])
+local charge_at = 15 + n           -- the 2n reserved counters to charge
+local nrules = tonumber(ARGV[charge_at + 2 * n])
+local nday = tonumber(ARGV[charge_at + 2 * n + 1])
+local nmonth = tonumber(ARGV[charge_at + 2 * n + 2])
+local day_at = charge_at + 2 * n + 3
+local month_at = day_at + nday
+local rule_at = month_at + nmonth
+local cand_at = rule_at + 5 * nrules
 
--- A rule is an array (a hash part would cost 16 nodes): these are its slots.
-local IDX, LIMIT, MODE, LOW, WIN, AT, COST, CONSUMED, USED, RESERVED = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
-
--- Rule i (1-based) is path (i-1)//4 + 1, window d for i%4 in {1,2}, unit t
--- for odd i; its counters (used, reserved) are the ARGV fields at
--- counter_at + (path-1)*4 + {0,1} (t) or + {2,3} (c).
-local rules, nrules = {}, 0
-local want = {{}, {}}  -- counter fields to read, per window (1 day, 2 month)
-for i = 1, 4 * n do
-  local v = rvals[i]
-  if v then
-    -- "<limit>|<mode>|<thresholds ascending>": the lowest decides if any is reached.
-    local limit, mode, low = string.match(v, '^(%d+)|(%a)|(%d*)')
-    local j = (i - 1) % 4
-    local win = (j < 2) and 1 or 2
-    local f = counter_at + (i - 1 - j) + (j % 2) * 2
-    local got = want[win]
-    local at = #got + 1
-    got[at] = ARGV[f]
-    got[at + 1] = ARGV[f + 1]
-    nrules = nrules + 1
-    rules[nrules] = {i, tonumber(limit), mode, (low ~= '') and tonumber(low), win, at,
-      j % 2 == 1, 0, '0', '0'}
-  end
-end
-local day_vals = #want[1] > 0 and call('HMGET', KEYS[4], unpack(want[1]))
-local month_vals = #want[2] > 0 and call('HMGET', KEYS[5], unpack(want[2]))
+-- Rule k: description, limit, mode, lowest threshold and counter slot at
+-- rule_at + 5(k-1). Its unit is the last letter of its counter field.
+local day_vals = nday > 0 and call('HMGET', KEYS[4], unpack(ARGV, day_at, month_at - 1))
+local month_vals = nmonth > 0 and call('HMGET', KEYS[5], unpack(ARGV, month_at, rule_at - 1))
+-- Tables are sized by their constructors: growing one rehashes it, which
+-- costs more than all the arithmetic here. A scope has at most 12 rules.
+local F = false
+local rules = {F, F, F, F, F, F, F, F, F, F, F, F}
+-- A rule's slots:
+local LIMIT, CONSUMED, COST, USED, RESERVED, LOW, MODE, DESC = 1, 2, 3, 4, 5, 6, 7, 8
 for k = 1, nrules do
-  local r = rules[k]
-  local got = (r[WIN] == 1) and day_vals or month_vals
-  local used, reserved = got[r[AT]] or '0', got[r[AT] + 1] or '0'
-  r[USED], r[RESERVED] = used, reserved
-  r[CONSUMED] = tonumber(used) + tonumber(reserved)
+  local r = rule_at + 5 * (k - 1)
+  local slot = tonumber(ARGV[r + 4])
+  local got, field_at = day_vals, day_at + slot - 1
+  if slot < 0 then got, slot, field_at = month_vals, -slot, month_at - slot - 1 end
+  local used, reserved = got[slot] or '0', got[slot + 1] or '0'
+  local low = ARGV[r + 3]
+  rules[k] = {tonumber(ARGV[r + 1]), tonumber(used) + tonumber(reserved),
+    string.byte(ARGV[field_at], -1) == 99, used, reserved, low ~= '' and tonumber(low),
+    ARGV[r + 2], ARGV[r]}
 end
 
 -- The first candidate that no HARD rule denies is granted.
@@ -124,7 +124,7 @@ for ci = 1, ncand do
   local bad = nil
   for k = 1, nrules do
     local r = rules[k]
-    if r[MODE] == 'h' and r[CONSUMED] + (r[COST] and c or t) > r[LIMIT] then
+    if r[CONSUMED] + (r[COST] and c or t) > r[LIMIT] and r[MODE] == 'h' then
       bad = r
       break
     end
@@ -139,16 +139,13 @@ end
 -- The answer: its head, then per rule "<rule field> <rule value> <used>
 -- <reserved>" (before this charge), space-separated.
 local function answer(head)
-  local parts, m = {head}, 1
+  local parts = {head, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F,
+    F, F, F, F, F, F, F, F, F, F, F, F}
   for k = 1, nrules do
-    local r = rules[k]
-    parts[m + 1] = ARGV[rule_at + r[IDX] - 1]
-    parts[m + 2] = rvals[r[IDX]]
-    parts[m + 3] = r[USED]
-    parts[m + 4] = r[RESERVED]
-    m = m + 4
+    local r, m = rules[k], 3 * k - 1
+    parts[m], parts[m + 1], parts[m + 2] = r[DESC], r[USED], r[RESERVED]
   end
-  return table.concat(parts, ' ')
+  return table.concat(parts, ' ', 1, 1 + 3 * nrules)
 end
 
 -- One report counter; its key's expiry is set when this created the field.
@@ -158,50 +155,50 @@ end
 
 if granted == nil then
   local first = cand_at + 1
+  local vfield = string.match(violated[DESC], '^%S+')
   local resp = answer(table.concat({'d', ARGV[first], ARGV[first + 1], ARGV[first + 2],
-    ARGV[rule_at + violated[IDX] - 1]}, ' '))
+    vfield}, ' '))
   call('HSET', req, 'kind', 'reserve', 'state', 'denied', 'fp', ARGV[2], 'resp', resp)
-  call('EXPIRE', req, ARGV[11])
-  local field = ARGV[12] .. ARGV[first] .. '|d'
-  report(KEYS[10], field, ARGV[8])
-  report(KEYS[11], field, ARGV[9])
+  call('EXPIRE', req, ARGV[12])
+  local field = ARGV[13] .. ARGV[first] .. '|d'
+  report(KEYS[10], field, ARGV[9])
+  report(KEYS[11], field, ARGV[10])
   return {'denied', resp}
 end
 
 -- Charge: reserved += the grant on every level of both windows. HINCRBY
 -- with the amounts as given: Redis adds integers faster than Lua converts.
 local tokens_s, cost_s = ARGV[granted + 2], ARGV[granted + 3]
-local last = counter_at + 4 * n - 1
 local function charge(key, exp_s)
   local fresh = false
-  for at = counter_at + 1, last, 4 do
+  for at = charge_at, charge_at + 2 * n - 1, 2 do
     if g_t ~= 0 and call('HINCRBY', key, ARGV[at], tokens_s) == g_t then fresh = true end
-    if g_c ~= 0 and call('HINCRBY', key, ARGV[at + 2], cost_s) == g_c then fresh = true end
+    if g_c ~= 0 and call('HINCRBY', key, ARGV[at + 1], cost_s) == g_c then fresh = true end
   end
   -- A field that starts at the grant may be in a new key: give it its expiry.
   if fresh then call('EXPIREAT', key, exp_s) end
 end
-charge(KEYS[4], ARGV[8])
-charge(KEYS[5], ARGV[9])
+charge(KEYS[4], ARGV[9])
+charge(KEYS[5], ARGV[10])
 
 -- Alerts: SOFT/SHADOW rules crossed, then thresholds reached after the charge.
--- Rare: the table the alert helpers read is built only then.
+-- Rare: the tables the alert helpers read are built only then.
 local alerts, ctx = nil, nil
 local function alerting(r)
   if not alerts then
-    alerts, ctx = {}, {stream = KEYS[9], now_ms = ARGV[4], rid = ARGV[1]}
+    alerts, ctx = {}, {stream = KEYS[9], now_ms = ARGV[5], rid = ARGV[1]}
   end
-  local i, day = r[IDX], r[WIN] == 1
-  return {path = ARGV[13 + (i - 1 - (i - 1) % 4) / 4 + 1], u = r[COST] and 'c' or 't',
-    w = day and 'd' or 'm', wid = day and ARGV[6] or ARGV[7], fired = day and KEYS[7] or KEYS[8],
-    exp = day and ARGV[8] or ARGV[9], limit = r[LIMIT], mode = r[MODE],
-    ths = string.match(rvals[i], '^%d+|%a|(.*)$')}
+  local path, w, u, ths = string.match(r[DESC], '^(%S+)|(%a)|(%a) %d+|%a|(.*)$')
+  local day = w == 'd'
+  return {path = path, u = u, w = w, wid = day and ARGV[7] or ARGV[8],
+    fired = day and KEYS[7] or KEYS[8], exp = day and ARGV[9] or ARGV[10],
+    limit = r[LIMIT], mode = r[MODE], ths = ths}
 end
 local would_deny = false
 for k = 1, nrules do
   local r = rules[k]
   r[CONSUMED] = r[CONSUMED] + (r[COST] and g_c or g_t)
-  if r[MODE] ~= 'h' and r[CONSUMED] > r[LIMIT] then
+  if r[CONSUMED] > r[LIMIT] and r[MODE] ~= 'h' then
     if r[MODE] == 'w' then would_deny = true end
     local named = alerting(r)
     crossing_alert(ctx, named, r[CONSUMED], alerts)
@@ -209,25 +206,24 @@ for k = 1, nrules do
 end
 for k = 1, nrules do
   local r = rules[k]
-  -- A float test with a margin: the exact one (rule_thresholds) runs only near or past it.
-  if r[LOW] and r[CONSUMED] * 100 >= r[LIMIT] * r[LOW] * (1 - 1e-12) then
+  if r[LOW] and r[CONSUMED] >= r[LOW] then
     local named = alerting(r)
     rule_thresholds(ctx, named, r[CONSUMED], alerts)
   end
 end
 
-report(KEYS[10], ARGV[granted + 4], ARGV[8])
-report(KEYS[11], ARGV[granted + 4], ARGV[9])
+report(KEYS[10], ARGV[granted + 4], ARGV[9])
+report(KEYS[11], ARGV[granted + 4], ARGV[10])
 if would_deny then
-  local field = ARGV[12] .. ARGV[granted + 1] .. '|s'
-  report(KEYS[10], field, ARGV[8])
-  report(KEYS[11], field, ARGV[9])
+  local field = ARGV[13] .. ARGV[granted + 1] .. '|s'
+  report(KEYS[10], field, ARGV[9])
+  report(KEYS[11], field, ARGV[10])
 end
 
 local resp = answer(ARGV[granted + 6])
 if alerts and #alerts > 0 then resp = resp .. '\n' .. cjson.encode(alerts) end
 call('HSET', req, 'kind', 'reserve', 'state', 'held', 'fp', ARGV[2], 'hold', ARGV[granted + 5],
   'resp', resp)
-call('EXPIRE', req, ARGV[10])
-call('ZADD', KEYS[6], ARGV[5], ARGV[1])
+call('EXPIRE', req, ARGV[11])
+call('ZADD', KEYS[6], ARGV[6], ARGV[1])
 return {'ok', resp}

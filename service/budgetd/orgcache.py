@@ -1,0 +1,109 @@
+"""What a replica keeps of an org between calls: its time zone and its
+budget rules, with the rules' generation (`rgen` in the org's settings hash,
+bumped in the same script that changes a rule: scripts/rules.lua).
+
+The reserve script receives the rules of the scope, already parsed into the
+strings it needs, with the generation and zone they came from; it compares
+both with the stored ones and answers 'stale_cfg' if either moved, so a
+cached copy is never used after a change. Parsing rules once here instead of
+in Lua on every call is most of what keeps Reserve cheap for Redis.
+
+The generation is read before the rules: a change between the two reads
+leaves a newer rule set under an older generation, which the script rejects
+(stale), never the reverse."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from budgetd import windows as w
+from budgetd.codec import text
+
+# A cached org is reloaded after this long even if no call found it stale.
+# The scripts' generation check makes the cache exact; this bounds only how
+# long a rule changed by a replica of an earlier version (which does not bump
+# rgen) can go unseen during a rolling upgrade.
+ORG_CACHE_S = 300.0
+# Orgs a replica keeps (a few KB each); past this the cache starts over
+# (rebuilding an org is one round trip).
+MAX_CACHED_ORGS = 50_000
+# Scopes compiled per org.
+MAX_SCOPES_PER_ORG = 1_000
+
+
+def threshold_amount(limit: int, pct: int) -> int:
+    """The consumption at which a `pct`% threshold of `limit` is reached:
+    ceil(limit * pct / 100), as the Lua helper of the same name computes it."""
+    return -(-limit * pct // 100)
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeRules:
+    """The reserve script's arguments for one scope under one rule set."""
+
+    paths: list[str]
+    joined: str  # the paths comma-joined, as the record stores them
+    group: str  # the usage report group prefix "sm|<team[/feature]>|"
+    # n, the paths, the 2n reserved counters to charge, then: the number of
+    # rules, of day and of month counter fields, those fields, and per rule
+    # "<field> <value>", limit, mode, lowest threshold amount, counter slot.
+    script_args: list[str | int]
+
+
+@dataclass(slots=True)
+class OrgConfig:
+    tz: str
+    rgen: str  # as stored ('' before the first rule change)
+    rules: dict[str, str]  # rule field "<path>|<d|m>|<t|c>" -> "<limit>|<mode>|<thresholds>"
+    loaded_s: float = field(default_factory=time.monotonic)
+    scopes: dict[tuple[str, str, str], ScopeRules] = field(default_factory=dict)
+
+    def fresh(self) -> bool:
+        return time.monotonic() - self.loaded_s < ORG_CACHE_S
+
+    def scope_rules(self, org: str, team: str, feature: str) -> ScopeRules:
+        key = (org, team, feature)
+        got = self.scopes.get(key)
+        if got is None:
+            if len(self.scopes) >= MAX_SCOPES_PER_ORG:
+                self.scopes.clear()
+            got = self.scopes[key] = self._compile(org, team, feature)
+        return got
+
+    def _compile(self, org: str, team: str, feature: str) -> ScopeRules:
+        paths = w.scope_paths(org, team, feature)
+        charge = [f"r|{p}|{u}" for p in paths for u in ("t", "c")]
+        # Rules in the order a denial names the first one violated: org
+        # before team before feature, day before month, tokens before cost.
+        rules = [(f"{p}|{win}|{u}", p, win, u) for p in paths for win in ("d", "m")
+                 for u in ("t", "c") if f"{p}|{win}|{u}" in self.rules]
+        # Counters are read with one HMGET per window: each rule names its
+        # (used, reserved) pair there, + in the day's list, - in the month's.
+        counters: dict[str, list[str | int]] = {"d": [], "m": []}
+        described: list[str | int] = []
+        for f, p, win, u in rules:
+            got = counters[win]
+            got += [f"u|{p}|{u}", f"r|{p}|{u}"]
+            slot = len(got) - 1 if win == "d" else -(len(got) - 1)
+            value = self.rules[f]
+            limit, mode, ths = value.split("|")
+            lowest = min((int(t) for t in ths.split(",") if t), default=None)
+            low = "" if lowest is None else str(threshold_amount(int(limit), lowest))
+            described += [f"{f} {value}", limit, mode, low, slot]
+        tf = paths[-1][len(org) + 1:]
+        return ScopeRules(paths, ",".join(paths), f"sm|{tf}|",
+                          [len(paths), *paths, *charge, len(rules), len(counters["d"]),
+                           len(counters["m"]), *counters["d"], *counters["m"], *described])
+
+
+async def load(redis: Any, org: str) -> OrgConfig:
+    """Reads an org's zone, rules generation and rules: the generation first
+    (see the module docstring)."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.hmget(w.settings_key(org), "tz", "rgen")
+    pipe.hgetall(w.rules_key(org))
+    (tz, rgen), raw = await pipe.execute()
+    return OrgConfig(text(tz) if tz else "UTC", text(rgen) if rgen else "",
+                     {text(k): text(v) for k, v in raw.items()})

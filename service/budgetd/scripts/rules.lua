@@ -1,0 +1,24 @@
+-- rules: set or delete one budget rule and bump the org's rules generation
+-- in the same atomic step. Replicas cache an org's rules with the
+-- generation they read; the reserve script compares it with the stored one,
+-- so a cached copy is never used after a change.
+--
+-- KEYS[1] rules hash      bd:{org}:rules
+-- KEYS[2] org settings    bd:{org}:cfg   (field rgen: the generation)
+--
+-- ARGV[1] op: 'set' | 'del'   ARGV[2] rule field   ARGV[3] value ('set')
+-- ARGV[4] the most rules an org may have ('set')
+--
+-- Returns 1 if the rule changed, 0 if not, -1 if the org has too many rules.
+
+local old = redis.call('HGET', KEYS[1], ARGV[2])
+if ARGV[1] == 'set' then
+  if old == ARGV[3] then return 0 end
+  if not old and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then return -1 end
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+else
+  if not old then return 0 end
+  redis.call('HDEL', KEYS[1], ARGV[2])
+end
+redis.call('HINCRBY', KEYS[2], 'rgen', 1)
+return 1

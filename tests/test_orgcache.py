@@ -1,0 +1,85 @@
+"""Replicas cache an org's rules and zone (budgetd/orgcache.py); a change
+made through another replica applies to the very next Reserve everywhere:
+the reserve script compares the cached rules generation and zone with the
+stored ones."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from budgetd.clock import ManualClock
+from budgetd.config import Settings
+from budgetd.embedded import EmbeddedRedis
+from budgetd.server import ServerThread
+from budgetd_client import AdminClient, BudgetClient, CallPolicy
+from conftest import T0, ms
+from helpers import TEST_MODEL, set_test_pricing
+
+POLICY = CallPolicy(timeout_s=10, total_timeout_s=20, retries=0)
+
+
+@pytest.fixture()
+def replicas(r: redis.Redis, redis_server: EmbeddedRedis
+             ) -> Iterator[tuple[BudgetClient, AdminClient, AdminClient]]:
+    """A client of replica A, and admin clients of replicas A and B."""
+    threads = []
+    for _ in range(2):
+        settings = Settings(listen="127.0.0.1:0", redis_url=redis_server.url,
+                            redis_timeout_s=5.0)
+        threads.append(ServerThread(settings, ManualClock(ms(T0))).start())
+    a, b = threads
+    client = BudgetClient(a.address, policy=POLICY)
+    admin_a = AdminClient(a.address, policy=POLICY)
+    admin_b = AdminClient(b.address, policy=POLICY)
+    set_test_pricing(admin_a)
+    yield client, admin_a, admin_b
+    for c in (client, admin_a, admin_b):
+        c.close()
+    for t in threads:
+        t.stop()
+
+
+def test_rule_changed_on_another_replica_applies_to_the_next_reserve(
+        replicas: tuple[BudgetClient, AdminClient, AdminClient]) -> None:
+    client, admin_a, admin_b = replicas
+    admin_a.set_budget("acme/search", "day", "tokens", 1000)
+    assert client.reserve("acme/search/x", TEST_MODEL, tokens=300, cost_micros=1).allowed
+    # A now caches a 1000-token rule; B lowers it to 500.
+    admin_b.set_budget("acme/search", "day", "tokens", 500)
+    denied = client.reserve("acme/search/x", TEST_MODEL, tokens=300, cost_micros=1)
+    assert not denied.allowed
+    assert denied.denial is not None and denied.denial.limit == 500
+    # A rule added on B at another level binds at once too.
+    admin_b.set_budget("acme", "month", "tokens", 100)
+    admin_b.delete_budget("acme/search", "day", "tokens")
+    denied = client.reserve("acme/search/x", TEST_MODEL, tokens=150, cost_micros=1)
+    assert denied.denial is not None and (str(denied.denial.scope), denied.denial.limit) == (
+        "acme", 100)
+    # And a deleted one stops binding at once.
+    admin_b.delete_budget("acme", "month", "tokens")
+    assert client.reserve("acme/search/x", TEST_MODEL, tokens=5000, cost_micros=1).allowed
+
+
+def test_zone_changed_on_another_replica_moves_the_day_window_at_once(
+        replicas: tuple[BudgetClient, AdminClient, AdminClient], r: redis.Redis) -> None:
+    client, admin_a, admin_b = replicas
+    admin_a.set_budget("acme", "day", "tokens", 10_000)
+    assert client.reserve("acme/t", TEST_MODEL, tokens=10, cost_micros=1).allowed
+    assert r.exists("bd:{acme}:w:d20270315")
+    # T0 is 2027-03-15 12:00 UTC: 2027-03-16 already in Auckland (UTC+13).
+    admin_b.set_org_settings("acme", time_zone="Pacific/Auckland")
+    assert client.reserve("acme/t", TEST_MODEL, tokens=10, cost_micros=1).allowed
+    assert int(r.hget("bd:{acme}:w:d20270316", "r|acme|t") or 0) == 10
+
+
+def test_setting_the_same_rule_again_changes_nothing(
+        replicas: tuple[BudgetClient, AdminClient, AdminClient], r: redis.Redis) -> None:
+    _, admin_a, admin_b = replicas
+    admin_a.set_budget("acme", "day", "tokens", 10_000)
+    gen = r.hget("bd:{acme}:cfg", "rgen")
+    admin_b.set_budget("acme", "day", "tokens", 10_000)
+    assert r.hget("bd:{acme}:cfg", "rgen") == gen
+    admin_b.set_budget("acme", "day", "tokens", 9_000)
+    assert int(r.hget("bd:{acme}:cfg", "rgen") or 0) == int(gen or 0) + 1
