@@ -138,6 +138,7 @@ class Load:
     seconds: float
     errors: int
     latencies_s: list[float]
+    first_error: str = ""  # code and details of the first failed call
 
     @property
     def rps(self) -> float:
@@ -158,27 +159,29 @@ async def closed_loop(address: str, concurrency: int, seconds: float,
         stub = pb_grpc.BudgetServiceStub(ch)
         counter = 0
         errors = 0
+        first_error = ""
         measuring = False
         done = 0
         stop_at = time.monotonic() + warmup_s + seconds
 
         async def worker() -> None:
-            nonlocal counter, errors, done
+            nonlocal counter, errors, done, first_error
             while time.monotonic() < stop_at:
                 counter += 1
                 try:
                     await stub.Reserve(make(counter), timeout=10)
                     if measuring:
                         done += 1
-                except grpc.aio.AioRpcError:
+                except grpc.aio.AioRpcError as e:
                     errors += 1
+                    first_error = first_error or f"{e.code().name}: {e.details()}"
 
         tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
         await asyncio.sleep(warmup_s)
         measuring = True
         t0 = time.monotonic()
         await asyncio.gather(*tasks)
-        return Load(done, time.monotonic() - t0, errors, [])
+        return Load(done, time.monotonic() - t0, errors, [], first_error)
 
 
 async def open_loop(address: str, rate_per_s: float, seconds: float,

@@ -13,7 +13,8 @@ import subprocess
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
-BENCHES = ["reserve_throughput.py", "low_load_latency.py", "reserve_batch.py", "wait_cost.py"]
+BENCHES = ["reserve_throughput.py", "low_load_latency.py", "reserve_batch.py", "wait_cost.py",
+           "orgs_scale.py"]
 TIMEOUT_S = 600
 
 
