@@ -138,6 +138,7 @@ class Load:
     seconds: float
     errors: int
     latencies_s: list[float]
+    first_error: str = ""  # code and details of the first failed call
 
     @property
     def rps(self) -> float:
@@ -163,27 +164,29 @@ async def closed_loop(address: str, concurrency: int, seconds: float,
         stubs = [pb_grpc.BudgetServiceStub(ch) for ch in chans]
         counter = 0
         errors = 0
+        first_error = ""
         measuring = False
         done = 0
         stop_at = time.monotonic() + warmup_s + seconds
 
         async def worker(stub: pb_grpc.BudgetServiceStub) -> None:
-            nonlocal counter, errors, done
+            nonlocal counter, errors, done, first_error
             while time.monotonic() < stop_at:
                 counter += 1
                 try:
                     await stub.Reserve(make(counter), timeout=10)
                     if measuring:
                         done += 1
-                except grpc.aio.AioRpcError:
+                except grpc.aio.AioRpcError as e:
                     errors += 1
+                    first_error = first_error or f"{e.code().name}: {e.details()}"
 
         tasks = [asyncio.create_task(worker(stubs[i % channels])) for i in range(concurrency)]
         await asyncio.sleep(warmup_s)
         measuring = True
         t0 = time.monotonic()
         await asyncio.gather(*tasks)
-        return Load(done, time.monotonic() - t0, errors, [])
+        return Load(done, time.monotonic() - t0, errors, [], first_error)
     finally:
         for ch in chans:
             await ch.close()

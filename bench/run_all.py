@@ -14,7 +14,7 @@ import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 BENCHES = ["reserve_throughput.py", "low_load_latency.py", "reserve_batch.py", "wait_cost.py",
-           "workers.py"]
+           "workers.py", "orgs_scale.py", "redis_cpu.py"]
 TIMEOUT_S = 600
 
 

@@ -16,7 +16,8 @@ RESULT = re.compile(r"^RESULT (\w+) = (-?[0-9.]+) ", re.M)
 
 
 @pytest.mark.parametrize("name", ["reserve_throughput.py", "low_load_latency.py",
-                                  "reserve_batch.py", "wait_cost.py", "workers.py"])
+                                  "reserve_batch.py", "wait_cost.py", "workers.py",
+                                  "orgs_scale.py", "redis_cpu.py"])
 def test_bench_runs_and_prints_its_figures(name: str) -> None:
     proc = subprocess.run([sys.executable, str(BENCH / name), "--smoke"], cwd=BENCH,
                           capture_output=True, text=True, timeout=120)
