@@ -14,9 +14,10 @@
   (bd:{org}:q:<request_id>, gone after the reservation's life) measured
   apart and excluded. Target: <= 1024 bytes.
 
-The rules of 100,000 orgs are written by admin.py's own `Admin.set_budget`
-over a pipeline (300k SetBudget RPCs would take minutes); the result is
-checked key for key against an org configured through the real RPC."""
+The rules of 100,000 orgs are written as SetBudget writes them (the rules
+script, then the orgs set) over a pipeline (300k SetBudget RPCs would take
+minutes); the result is checked key for key against an org configured
+through the real RPC."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import grpc.aio
 import redis
@@ -46,9 +47,10 @@ from _common import (
     verdict,
 )
 from budgetd import windows as w
-from budgetd.admin import UNIT_CODES, WINDOW_CODES, Admin, check_rule
-from budgetd.ledger import Ledger, ScopePath
-from budgetd.limits import RECORD_RETENTION_S
+from budgetd.admin import UNIT_CODES, WINDOW_CODES, check_rule
+from budgetd.ledger import ScopePath
+from budgetd.limits import MAX_RULES_PER_ORG, RECORD_RETENTION_S
+from budgetd.scripts import Script
 from budgetd_client import AdminClient, CallPolicy
 from budgetd_client._proto.budget.v1 import budget_pb2 as pb
 from budgetd_client._proto.budget.v1 import budget_pb2_grpc as pb_grpc
@@ -88,38 +90,20 @@ def rules_of(org: str) -> list[tuple[ScopePath, str, str]]:
 
 # -- configuring the orgs ----------------------------------------------------
 
-class _NewOrgWrites:
-    """Stands in for the async Redis client of `Admin.set_budget` when the org
-    is new (an empty Redis at bench start): its reads answer "nothing stored",
-    its writes are queued on a sync pipeline. The writes themselves are
-    admin.py's; `check_bulk_path` compares the result with a real SetBudget."""
-
-    def __init__(self, pipe: Any) -> None:
-        self.pipe = pipe
-
-    async def hget(self, key: str, field: str) -> None:
-        return None
-
-    async def hlen(self, key: str) -> int:
-        return 0
-
-    async def hset(self, key: str, field: str, value: str) -> int:
-        self.pipe.hset(key, field, value)
-        return 1
-
-    async def sadd(self, key: str, *members: str) -> int:
-        self.pipe.sadd(key, *members)
-        return 1
-
-
 async def write_rules(r: redis.Redis, orgs: list[str]) -> None:
+    """What SetBudget does (admin.py: the rules script, then the orgs set),
+    pipelined: check_bulk_path compares the result with a real SetBudget."""
+    script = Script("rules")
+    r.script_load(script.source)
     for lo in range(0, len(orgs), BULK_ORGS):
         pipe = r.pipeline(transaction=False)
-        admin = Admin(_NewOrgWrites(pipe), cast(Ledger, None))
         for org in orgs[lo:lo + BULK_ORGS]:
             for scope, window, unit in rules_of(org):
                 # check_rule is what the SetBudget servicer calls (default mode, thresholds).
-                await admin.set_budget(check_rule(scope, window, unit, LIMIT, "h", []))
+                rule = check_rule(scope, window, unit, LIMIT, "h", [])
+                pipe.evalsha(script.sha, 2, w.rules_key(org), w.settings_key(org), "set",
+                             rule.field, rule.value, MAX_RULES_PER_ORG)
+            pipe.sadd(w.ORGS_KEY, org)
         pipe.execute()
 
 
@@ -246,9 +230,12 @@ def describe_keys(r: redis.Redis, keys: list[str]) -> dict[str, dict[str, float 
 def scope_keys(r: redis.Redis, org: str, record: str) -> list[str]:
     """The long-lived keys of an active org, named from its request record's
     windows; SCAN of a few orgs checks that nothing else exists."""
-    dwid, mwid = (v.decode() for v in r.hmget(record, "dwid", "mwid"))
-    return [w.rules_key(org), w.window_key(org, dwid), w.window_key(org, mwid),
-            f"{w.org_tag(org)}:rep:{dwid}", f"{w.org_tag(org)}:rep:{mwid}"]
+    hold = r.hget(record, "hold")
+    assert hold is not None, record
+    dwid, mwid = hold.decode().split(" ")[3:5]  # ledger.HOLD_PARTS
+    return [w.rules_key(org), w.settings_key(org), w.window_key(org, dwid),
+            w.window_key(org, mwid), f"{w.org_tag(org)}:rep:{dwid}",
+            f"{w.org_tag(org)}:rep:{mwid}"]
 
 
 def print_kinds(title: str, kinds: dict[str, dict[str, float | str]]) -> float:
