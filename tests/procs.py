@@ -50,6 +50,8 @@ class BudgetdProc:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "budgetd.cli", "serve", "--listen", self.address,
              "--redis-url", self.redis_url, "--expiry-interval-s", str(self.expiry_interval_s),
+             # Another replica expires what a killed one granted: walk every org often.
+             "--expiry-full-sweep-s", "1",
              "--redis-timeout-s", str(self.redis_timeout_s), "--drain-s", "1",
              "--log-format", "text", "--log-level", "WARNING"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)

@@ -24,6 +24,9 @@ class Settings:
     # Every Redis command gives up after this; a call fails fast, not late.
     redis_timeout_s: float = 1.0
     expiry_interval_s: float = 1.0
+    # Each interval sweeps the orgs this process reserved in; every org (also
+    # those whose reserving replica died) is walked this often.
+    expiry_full_sweep_s: float = 30.0
     # Graceful shutdown: in-flight calls get this long to finish.
     drain_s: float = 10.0
     log_level: str = "INFO"
@@ -93,7 +96,9 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("data_dir", "BUDGETD_DATA_DIR", str, "data dir of the embedded Redis"),
     ("redis_timeout_s", "BUDGETD_REDIS_TIMEOUT_S", float, "timeout of each Redis command (s)"),
     ("expiry_interval_s", "BUDGETD_EXPIRY_INTERVAL_S", float,
-     "how often expired reservations are swept (s)"),
+     "how often expired reservations are swept in the orgs this process reserved in (s)"),
+    ("expiry_full_sweep_s", "BUDGETD_EXPIRY_FULL_SWEEP_S", float,
+     "how often every org is swept, also those of a replica that died (s)"),
     ("drain_s", "BUDGETD_DRAIN_S", float, "graceful shutdown drain time (s)"),
     ("log_level", "BUDGETD_LOG_LEVEL", str, "DEBUG, INFO, WARNING, ERROR"),
     ("log_format", "BUDGETD_LOG_FORMAT", str, "json or text"),

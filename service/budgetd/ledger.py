@@ -121,6 +121,9 @@ def usage_split(u: UsageTokens) -> tuple[int, int, int, int]:
     return (u.input, u.output, u.cache_write_5m + u.cache_write_1h, u.cache_read)
 
 
+# Orgs the frequent expiry sweep tracks per process (the full walk covers the rest).
+MAX_ACTIVE_ORGS = 100_000
+
 # What a Reserve retry must repeat, in the order of its fingerprint.
 FINGERPRINT_FIELDS = ("scope", "model", "estimate", "ttl_seconds", "fallback_models", "batch")
 
@@ -227,6 +230,9 @@ class Ledger:
         self.scripts = Scripts()
         self._orgs: dict[str, OrgConfig] = {}
         self._known_orgs: set[str] = set()
+        # Orgs this process granted reservations in -> the latest expiry:
+        # the frequent sweep visits only these (expire_active).
+        self._active: dict[str, int] = {}
 
     # -- helpers -----------------------------------------------------------
 
@@ -359,8 +365,10 @@ class Ledger:
             if status == "exists_fp":
                 raise _exists(_fingerprint_differs(text(payload), _fingerprint(req)),
                               "request_id", req.request_id)
-            return Answer(reserve_answer(payload), replay=status == "dup",
-                          extra={"tz": cfg.tz})
+            answer = reserve_answer(payload)
+            if answer["decision"] == "allowed":
+                self._note_active(org, int(answer["expires_ms"]))
+            return Answer(answer, replay=status == "dup", extra={"tz": cfg.tz})
         raise Unavailable("the org's time zone or rules changed during the call; retry")
 
     async def reserve_many(self, reqs: list[ReserveInput]) -> list[Answer | BaseException]:
@@ -502,26 +510,48 @@ class Ledger:
             args.append(rid)
         return int(await self.scripts.expire(self.redis, keys, args))
 
+    def _note_active(self, org: str, expires_ms: int) -> None:
+        if len(self._active) >= MAX_ACTIVE_ORGS and org not in self._active:
+            return  # the full walk (expire_all) still finds it
+        if expires_ms > self._active.get(org, 0):
+            self._active[org] = expires_ms
+
     async def expire_all(self) -> int:
         """One sweep over every org; bounded work per org per sweep."""
         total = 0
         cursor = 0
         while True:
             cursor, raw = await self.redis.sscan(w.ORGS_KEY, cursor=cursor, count=500)
-            orgs = [text(o) for o in raw]
-            if orgs:
-                # One round trip tells which orgs of this page have anything due,
-                # so an idle org costs one pipelined command per sweep.
-                now_ms = self.clock.now_ms()
-                pipe = self.redis.pipeline(transaction=False)
-                for org in orgs:
-                    pipe.zrangebyscore(w.expiry_key(org), "-inf", now_ms, start=0, num=1)
-                due = await pipe.execute()
-                for org, first in zip(orgs, due, strict=True):
-                    if first:
-                        total += await self.expire_org(org)
+            total += await self._expire_orgs([text(o) for o in raw])
             if int(cursor) == 0:
                 return total
+
+    async def expire_active(self) -> int:
+        """One sweep over the orgs this process reserved in; an org leaves
+        the set once its last reservation's expiry passed with nothing due."""
+        orgs = list(self._active)
+        total = 0
+        for lo in range(0, len(orgs), 500):
+            total += await self._expire_orgs(orgs[lo:lo + 500], forget_idle=True)
+        return total
+
+    async def _expire_orgs(self, orgs: list[str], forget_idle: bool = False) -> int:
+        if not orgs:
+            return 0
+        # One round trip tells which orgs have anything due, so an idle org
+        # costs one pipelined command per sweep.
+        now_ms = self.clock.now_ms()
+        pipe = self.redis.pipeline(transaction=False)
+        for org in orgs:
+            pipe.zrangebyscore(w.expiry_key(org), "-inf", now_ms, start=0, num=1)
+        due = await pipe.execute()
+        total = 0
+        for org, first in zip(orgs, due, strict=True):
+            if first:
+                total += await self.expire_org(org)
+            elif forget_idle and self._active.get(org, 0) < now_ms:
+                self._active.pop(org, None)
+        return total
 
     async def get_budget(self, scope: ScopePath) -> dict[str, Any]:
         org = scope.org

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,7 +138,9 @@ class App:
             self.metrics_server = metrics.MetricsServer(s.metrics_listen)
             log.info("metrics serving", extra={"metrics_listen": s.metrics_listen,
                                                "port": self.metrics_server.port})
-        self._tasks = [asyncio.create_task(self._sweep_loop())] if self.background_jobs else []
+        # Every worker sweeps the orgs it reserved in; the full walk runs in
+        # the one with the background jobs (_sweep_loop).
+        self._tasks = [asyncio.create_task(self._sweep_loop())]
         self._tasks.append(asyncio.create_task(self._health_loop()))
         self.webhook: WebhookSender | None = None
         if s.webhook_url and self.background_jobs:
@@ -194,11 +197,21 @@ class App:
             await self._set_ready(await self._redis_ok())
 
     async def _sweep_loop(self) -> None:
-        """Expiry happens here, with or without traffic."""
+        """Expiry happens here, with or without traffic: every interval in the
+        orgs this process reserved in, and every org each full-sweep period
+        (a replica that died leaves its reservations to the others), in the
+        process that runs the background jobs. Walking every org every second
+        would cost a busy event loop at 100k orgs."""
         assert self.ledger is not None
+        last_full = float("-inf")
         while True:
             try:
-                n = await self.ledger.expire_all()
+                if (self.background_jobs and
+                        time.monotonic() - last_full >= self.settings.expiry_full_sweep_s):
+                    last_full = time.monotonic()
+                    n = await self.ledger.expire_all()
+                else:
+                    n = await self.ledger.expire_active()
                 if n:
                     metrics.EXPIRED_RESERVATIONS.inc(n)
                     log.info("reservations expired", extra={"count": n})
