@@ -43,6 +43,22 @@ def item(scope: str, tokens: int = 10, **kw: object) -> dict[str, object]:
     return {"scope": scope, "model": "m", "tokens": tokens, "cost_micros": 1, **kw}
 
 
+def test_reserve_batch_over_500_orgs_never_seen_answers_every_item(
+        budgetd: Budgetd, r: redis.Redis) -> None:
+    """Regression: each new org in a batch cost its own round trips (noting
+    the org, loading its rules), all at once: 500 new orgs could exhaust the
+    connection pool (items failed UNAVAILABLE). Now the batch notes them
+    with one command and loads them in one pipeline."""
+    r.config_resetstat()
+    out = budgetd.client.reserve_batch([item(f"new{i}/t", 3) for i in range(500)])
+    stats = r.info("commandstats")
+    assert stats["cmdstat_sadd"]["calls"] == 1
+    assert all(isinstance(x, Reservation) and x.allowed for x in out), [
+        x for x in out if not isinstance(x, Reservation)][:3]
+    assert r.scard("bd:orgs") >= 500
+    assert int(r.hget(f"bd:{{new499}}:w:{DAY}", "r|new499/t|t") or 0) == 3
+
+
 def test_reserve_batch_answers_each_item(budgetd: Budgetd, r: redis.Redis) -> None:
     budgetd.admin.set_budget("acme", "day", "tokens", 100)
     out = budgetd.client.reserve_batch([

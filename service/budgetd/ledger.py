@@ -241,11 +241,25 @@ class Ledger:
         hit = self._orgs.get(org)
         if hit is not None and not fresh and hit.fresh():
             return hit
-        got = await orgcache.load(self.redis, org)
-        if len(self._orgs) >= orgcache.MAX_CACHED_ORGS:
+        return self._cache_orgs(await orgcache.load(self.redis, [org]))[org]
+
+    def _cache_orgs(self, got: dict[str, OrgConfig]) -> dict[str, OrgConfig]:
+        if len(self._orgs) + len(got) > orgcache.MAX_CACHED_ORGS:
             self._orgs.clear()
-        self._orgs[org] = got
+        self._orgs.update(got)
         return got
+
+    async def _prepare_orgs(self, orgs: set[str]) -> None:
+        """Notes and loads every org a batch names that this process has not
+        seen, in one pipeline: one round trip per org, each on its own
+        connection, would exhaust the pool with a batch of 500 new orgs."""
+        new = [o for o in orgs if o not in self._known_orgs]
+        if new:
+            await self.redis.sadd(w.ORGS_KEY, *new)
+            self._known_orgs.update(new)
+        cold = [o for o in orgs if not ((hit := self._orgs.get(o)) and hit.fresh())]
+        if cold:
+            self._cache_orgs(await orgcache.load(self.redis, cold))
 
     async def org_tz(self, org: str, fresh: bool = False) -> str:
         return (await self.org_config(org, fresh)).tz
@@ -375,6 +389,7 @@ class Ledger:
         """ReserveBatch: each reservation as `reserve` makes it, with its own
         answer or error. Every call reaches its script in the same event-loop
         tick, so with the script batcher they all leave in one pipeline."""
+        await self._prepare_orgs({r.scope.org for r in reqs})
         return await asyncio.gather(*(self.reserve(r) for r in reqs), return_exceptions=True)
 
     async def _read_reservation(self, org: str, request_id: str) -> dict[str, str]:

@@ -98,12 +98,17 @@ class OrgConfig:
                            len(counters["m"]), *counters["d"], *counters["m"], *described])
 
 
-async def load(redis: Any, org: str) -> OrgConfig:
-    """Reads an org's zone, rules generation and rules: the generation first
-    (see the module docstring)."""
+async def load(redis: Any, orgs: list[str]) -> dict[str, OrgConfig]:
+    """Reads orgs' zones, rules generations and rules in one pipeline: each
+    org's generation before its rules (see the module docstring)."""
     pipe = redis.pipeline(transaction=False)
-    pipe.hmget(w.settings_key(org), "tz", "rgen")
-    pipe.hgetall(w.rules_key(org))
-    (tz, rgen), raw = await pipe.execute()
-    return OrgConfig(text(tz) if tz else "UTC", text(rgen) if rgen else "",
-                     {text(k): text(v) for k, v in raw.items()})
+    for org in orgs:
+        pipe.hmget(w.settings_key(org), "tz", "rgen")
+        pipe.hgetall(w.rules_key(org))
+    got = await pipe.execute()
+    out = {}
+    for i, org in enumerate(orgs):
+        (tz, rgen), raw = got[2 * i], got[2 * i + 1]
+        out[org] = OrgConfig(text(tz) if tz else "UTC", text(rgen) if rgen else "",
+                             {text(k): text(v) for k, v in raw.items()})
+    return out
