@@ -76,7 +76,8 @@ def baseline(url: str, calls: list[tuple[Script, list[str], list[str | int]]]
         pipe = r.pipeline(transaction=False)
         for script, keys, args in calls[lo:lo + BATCH]:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
-        pipe.execute()
+        for out in pipe.execute():
+            assert isinstance(out, list) and out[0] == b"ok", out  # a real reservation
     took = time.perf_counter() - t0
     usec = float(r.info("commandstats").get("cmdstat_evalsha", {}).get("usec_per_call", 0))
     r.close()
@@ -121,7 +122,8 @@ def main() -> int:
         # The capture runs in db 1 (with the same rules), so the replay in
         # db 0 makes fresh reservations, as budgetd does.
         for i in range(BENCH_ORGS):
-            r.copy(f"bd:{{bench{i}}}:rules", f"bd:{{bench{i}}}:rules", destination_db=1)
+            for kind in ("rules", "cfg"):
+                r.copy(f"bd:{{bench{i}}}:{kind}", f"bd:{{bench{i}}}:{kind}", destination_db=1)
         r.close()
         calls = asyncio.run(capture(server.url.rsplit("/", 1)[0] + "/1", n))
         base, usec = baseline(server.url, calls)
