@@ -47,6 +47,13 @@ class Capture(ScriptBatcher):
             self.source = script.source
         return await super().call(script, keys, args)
 
+    async def call_many(self, script: Any, calls: list[tuple[list[str], list[str | int]]]
+                        ) -> list[Any]:
+        if script.name == "reserve":
+            self.calls += [(script.sha, keys, args) for keys, args in calls]
+            self.source = script.source
+        return await super().call_many(script, calls)
+
 
 async def capture(url: str, n: int, make: Callable[[int], pb.ReserveRequest]
                   ) -> tuple[str, list[Call]]:

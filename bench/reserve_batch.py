@@ -50,6 +50,11 @@ class Capture(ScriptBatcher):
         self.calls.append((script, keys, args))
         return await super().call(script, keys, args)
 
+    async def call_many(self, script: Script, calls: list[tuple[list[str], list[str | int]]]
+                        ) -> list[Any]:
+        self.calls += [(script, keys, args) for keys, args in calls]
+        return await super().call_many(script, calls)
+
 
 async def capture(url: str, n: int) -> list[tuple[Script, list[str], list[str | int]]]:
     r = aioredis.from_url(url)

@@ -157,6 +157,23 @@ class ScriptBatcher:
             self._pump = asyncio.ensure_future(self._run())
         return await fut
 
+    async def call_many(self, script: Script, calls: list[tuple[list[str], list[str | int]]]
+                        ) -> list[Any]:
+        """Several calls queued at once (a ReserveBatch): each its reply or
+        its exception, in order. One wait for them all, not a task each."""
+        loop = asyncio.get_running_loop()
+        batch = [Call(script, keys, args, loop.create_future()) for keys, args in calls]
+        self._queue.extend(batch)
+        if self._pump is None and batch:
+            self._pump = asyncio.ensure_future(self._run())
+        out: list[Any] = []
+        for c in batch:
+            try:
+                out.append(await c.future)
+            except Exception as e:  # handed back per call
+                out.append(e)
+        return out
+
     async def _run(self) -> None:
         try:
             while self._queue:

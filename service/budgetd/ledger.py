@@ -121,6 +121,9 @@ def usage_split(u: UsageTokens) -> tuple[int, int, int, int]:
     return (u.input, u.output, u.cache_write_5m + u.cache_write_1h, u.cache_read)
 
 
+# Key sets of the reserve script kept (one per org and day).
+MAX_CACHED_KEY_SETS = 50_000
+
 # Orgs the frequent expiry sweep tracks per process (the full walk covers the rest).
 MAX_ACTIVE_ORGS = 100_000
 
@@ -230,6 +233,8 @@ class Ledger:
         self.scripts = Scripts()
         self._orgs: dict[str, OrgConfig] = {}
         self._known_orgs: set[str] = set()
+        # (org, day_id, month_id) -> the reserve script's per-org keys.
+        self._keys: dict[tuple[str, str, str], tuple[str, ...]] = {}
         # Orgs this process granted reservations in -> the latest expiry:
         # the frequent sweep visits only these (expire_active).
         self._active: dict[str, int] = {}
@@ -330,67 +335,117 @@ class Ledger:
 
     # -- calls -------------------------------------------------------------
 
+    def _reserve_keys(self, org: str, win: w.Windows) -> tuple[str, ...]:
+        """The reserve script's keys but the request's own: the same for every
+        call of an org in one day, so built once per org and day."""
+        ck = (org, win.day_id, win.month_id)
+        keys = self._keys.get(ck)
+        if keys is None:
+            if len(self._keys) >= MAX_CACHED_KEY_SETS:
+                self._keys.clear()
+            keys = self._keys[ck] = (
+                w.rules_key(org), w.settings_key(org), w.window_key(org, win.day_id),
+                w.window_key(org, win.month_id), w.expiry_key(org), fired_key(org, win.day_id),
+                fired_key(org, win.month_id), alerts_key(org), report_key(org, win.day_id),
+                report_key(org, win.month_id))
+        return keys
+
+    def _reserve_call(self, req: ReserveInput, cfg: OrgConfig, now_ms: int,
+                      cands: list[tuple[str, int, int]]) -> tuple[list[str], list[str | int]]:
+        """The reserve script's KEYS and ARGV for one request."""
+        org = req.scope.org
+        win = w.windows_at(now_ms, cfg.tz)
+        expires_ms = now_ms + req.ttl_s * 1000
+        sr = cfg.scope_rules(org, req.scope.team, req.scope.feature)
+        keys = [w.request_key(org, req.request_id), *self._reserve_keys(org, win)]
+        args: list[str | int] = [
+            req.request_id, _fingerprint(req), cfg.tz, cfg.rgen, now_ms, expires_ms,
+            win.day_id, win.month_id, win.day_expire_at_s, win.month_expire_at_s,
+            req.ttl_s + RECORD_RETENTION_S, DENIED_RETENTION_S, sr.group,
+            *sr.script_args, len(cands),
+        ]
+        # Per candidate, what the script would otherwise build in Lua: its
+        # report field, its record's hold and its answer's head.
+        hold_tail = (f"{win.day_id} {win.month_id} {win.day_expire_at_s} "
+                     f"{win.month_expire_at_s} {expires_ms} {sr.joined} {now_ms}")
+        for model, tokens, cost in cands:
+            args += [model, tokens, cost, f"{sr.group}{model}|n",
+                     f"{model} {tokens} {cost} {hold_tail}",
+                     f"a {model} {tokens} {cost} {expires_ms}"]
+        return keys, args
+
+    def _reserve_result(self, req: ReserveInput, cfg: OrgConfig, raw: Any) -> Answer | None:
+        """The script's answer for one request; None: the org's zone or rules
+        changed since we cached them (reload and call again)."""
+        status, payload = _decode(raw)
+        if status == "stale_cfg":
+            return None
+        if status == "exists":
+            raise _exists(payload, "request_id", req.request_id)
+        if status == "exists_fp":
+            raise _exists(_fingerprint_differs(text(payload), _fingerprint(req)),
+                          "request_id", req.request_id)
+        answer = reserve_answer(payload)
+        if answer["decision"] == "allowed":
+            self._note_active(req.scope.org, int(answer["expires_ms"]))
+        return Answer(answer, replay=status == "dup", extra={"tz": cfg.tz})
+
+    def _cached(self, org: str) -> OrgConfig | None:
+        hit = self._orgs.get(org)
+        return hit if hit is not None and hit.fresh() else None
+
     async def reserve(self, req: ReserveInput) -> Answer:
         org = req.scope.org
-        await self.pricing.refresh()
+        # Each await below only when needed: a coroutine per call costs more
+        # than the check.
+        if self.pricing.due():
+            await self.pricing.refresh()
         now_ms = self.clock.now_ms()
         cands = self._candidates(req, now_ms)
-        await self._note_org(org)
-        cfg = await self.org_config(org)
+        if org not in self._known_orgs:
+            await self._note_org(org)
+        cfg = self._cached(org) or await self.org_config(org)
         for attempt in range(3):
             if attempt:
-                # The org's zone or rules changed since we cached them.
                 cfg = await self.org_config(org, fresh=True)
-            win = w.windows_at(now_ms, cfg.tz)
-            expires_ms = now_ms + req.ttl_s * 1000
-            sr = cfg.scope_rules(org, req.scope.team, req.scope.feature)
-            keys = [
-                w.request_key(org, req.request_id),
-                w.rules_key(org),
-                w.settings_key(org),
-                w.window_key(org, win.day_id),
-                w.window_key(org, win.month_id),
-                w.expiry_key(org),
-                fired_key(org, win.day_id),
-                fired_key(org, win.month_id),
-                alerts_key(org),
-                report_key(org, win.day_id),
-                report_key(org, win.month_id),
-            ]
-            args: list[str | int] = [
-                req.request_id, _fingerprint(req), cfg.tz, cfg.rgen, now_ms, expires_ms,
-                win.day_id, win.month_id, win.day_expire_at_s, win.month_expire_at_s,
-                req.ttl_s + RECORD_RETENTION_S, DENIED_RETENTION_S, sr.group,
-                *sr.script_args, len(cands),
-            ]
-            # Per candidate, what the script would otherwise build in Lua:
-            # its report field, its record's hold and its answer's head.
-            hold_tail = (f"{win.day_id} {win.month_id} {win.day_expire_at_s} "
-                         f"{win.month_expire_at_s} {expires_ms} {sr.joined} {now_ms}")
-            for model, tokens, cost in cands:
-                args += [model, tokens, cost, f"{sr.group}{model}|n",
-                         f"{model} {tokens} {cost} {hold_tail}",
-                         f"a {model} {tokens} {cost} {expires_ms}"]
-            status, payload = _decode(await self.scripts.reserve(self.redis, keys, args))
-            if status == "stale_cfg":
-                continue
-            if status == "exists":
-                raise _exists(payload, "request_id", req.request_id)
-            if status == "exists_fp":
-                raise _exists(_fingerprint_differs(text(payload), _fingerprint(req)),
-                              "request_id", req.request_id)
-            answer = reserve_answer(payload)
-            if answer["decision"] == "allowed":
-                self._note_active(org, int(answer["expires_ms"]))
-            return Answer(answer, replay=status == "dup", extra={"tz": cfg.tz})
+            keys, args = self._reserve_call(req, cfg, now_ms, cands)
+            got = self._reserve_result(req, cfg, await self.scripts.reserve(self.redis, keys,
+                                                                              args))
+            if got is not None:
+                return got
         raise Unavailable("the org's time zone or rules changed during the call; retry")
 
     async def reserve_many(self, reqs: list[ReserveInput]) -> list[Answer | BaseException]:
         """ReserveBatch: each reservation as `reserve` makes it, with its own
-        answer or error. Every call reaches its script in the same event-loop
-        tick, so with the script batcher they all leave in one pipeline."""
+        answer or error, all script calls in one pipeline: built here in one
+        pass, with no coroutine per reservation."""
+        if self.pricing.due():
+            await self.pricing.refresh()
         await self._prepare_orgs({r.scope.org for r in reqs})
-        return await asyncio.gather(*(self.reserve(r) for r in reqs), return_exceptions=True)
+        now_ms = self.clock.now_ms()
+        out: list[Answer | BaseException | None] = [None] * len(reqs)
+        calls: list[tuple[int, OrgConfig, list[str], list[str | int]]] = []
+        for i, req in enumerate(reqs):
+            try:
+                cfg = self._cached(req.scope.org) or await self.org_config(req.scope.org)
+                keys, args = self._reserve_call(req, cfg, now_ms,
+                                                self._candidates(req, now_ms))
+                calls.append((i, cfg, keys, args))
+            except Exception as e:  # each item gets its own error
+                out[i] = e
+        script = self.scripts.reserve
+        replies = await script.many(self.redis, [(k, a) for _, _, k, a in calls])
+        for (i, cfg, _, _), raw in zip(calls, replies, strict=True):
+            try:
+                if isinstance(raw, BaseException):
+                    raise raw
+                got = self._reserve_result(reqs[i], cfg, raw)
+                # Stale (a rule changed meanwhile): this one again, alone.
+                out[i] = got if got is not None else await self.reserve(reqs[i])
+            except Exception as e:
+                out[i] = e
+        assert all(o is not None for o in out)
+        return [o for o in out if o is not None]
 
     async def _read_reservation(self, org: str, request_id: str) -> dict[str, str]:
         raw = await self.redis.hmget(w.request_key(org, request_id), "kind", "state", "hold",
@@ -630,6 +685,10 @@ class PricingSource:
 
     def table(self) -> PriceTable:
         return self._table
+
+    def due(self) -> bool:
+        """Whether refresh() would read Redis (or wait for a reader)."""
+        return time.monotonic() - self._loaded_at >= self.refresh_s
 
     async def refresh(self, force: bool = False) -> PriceTable:
         if not force and time.monotonic() - self._loaded_at < self.refresh_s:

@@ -4,6 +4,7 @@ persisted nor replicated: a restart or failover empties it)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
@@ -84,12 +85,35 @@ class Script:
                 # on the node that owns the keys.
                 return await client.eval(self.source, len(keys), *keys, *args)
         except RedisError as e:
-            kind = ("timeout" if isinstance(e, RedisTimeoutError) else
-                    "connection" if isinstance(e, RedisConnectionError) else "error")
-            metrics.REDIS_SCRIPT_ERRORS.labels(self.name, kind).inc()
+            metrics.REDIS_SCRIPT_ERRORS.labels(self.name, _error_kind(e)).inc()
             raise
         finally:
             self._latency.observe(time.perf_counter() - start)
+
+
+    async def many(self, client: Any, calls: list[tuple[list[str], list[str | int]]]
+                   ) -> list[Any]:
+        """Several calls at once, in one pipeline when a batcher serves the
+        client: each call's reply, or its exception, in order."""
+        start = time.perf_counter()
+        b = self.batcher
+        if b is not None and client is b.redis:
+            out = await b.call_many(self, calls)
+        else:
+            out = list(await asyncio.gather(*(self(client, k, a) for k, a in calls),
+                                            return_exceptions=True))
+            return out  # each call observed itself
+        elapsed = time.perf_counter() - start
+        for r in out:
+            self._latency.observe(elapsed)
+            if isinstance(r, RedisError):
+                metrics.REDIS_SCRIPT_ERRORS.labels(self.name, _error_kind(r)).inc()
+        return out
+
+
+def _error_kind(e: RedisError) -> str:
+    return ("timeout" if isinstance(e, RedisTimeoutError) else
+            "connection" if isinstance(e, RedisConnectionError) else "error")
 
 
 class Scripts:

@@ -239,7 +239,7 @@ class BudgetService(pb_grpc.BudgetServiceServicer):
                     response=reserve_response(req.scope.org, req.request_id, ans.data))
             elif isinstance(ans, BudgetdError):
                 results[i] = _batch_error(ans.code, ans.message)
-            elif isinstance(ans, (RedisConnectionError, RedisTimeoutError, OSError)):
+            elif isinstance(ans, (*_REDIS_TRANSIENT, OSError)):
                 results[i] = _batch_error(grpc.StatusCode.UNAVAILABLE,
                                           f"redis unavailable: {ans}")
             elif isinstance(ans, RedisError):
