@@ -71,43 +71,22 @@ class Undecodable:
         self.error = error
 
 
-class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Wraps the request deserializer of budgetd's own services so that
-    malformed bytes reach the handler as an Undecodable."""
+def guard_decode(method: str, handler: Any) -> Any:
+    """The handler with its request deserializer wrapped so that malformed
+    bytes reach the servicer as an Undecodable."""
+    decode = handler.request_deserializer
+    if decode is None:
+        return handler
+    type_name = getattr(getattr(decode, "__self__", None), "DESCRIPTOR", None)
+    name = type_name.full_name if type_name is not None else method
 
-    def __init__(self, service_names: tuple[str, ...]) -> None:
-        self.prefixes = tuple(f"/{n}/" for n in service_names)
-        # One guarded handler per method (the outer interceptor caches by it).
-        self._guarded: dict[tuple[str, Any], Any] = {}
+    def safe(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except DecodeError as e:
+            return Undecodable(name, str(e))
 
-    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        handler = await continuation(handler_call_details)
-        method = str(handler_call_details.method)
-        if handler is None or not method.startswith(self.prefixes):
-            return handler
-        key = (method, handler)
-        guarded = self._guarded.get(key)
-        if guarded is None:
-            guarded = self._guard(method, handler)
-            if len(self._guarded) < 1024:
-                self._guarded[key] = guarded
-        return guarded
-
-    @staticmethod
-    def _guard(method: str, handler: Any) -> Any:
-        decode = handler.request_deserializer
-        if decode is None:
-            return handler
-        type_name = getattr(getattr(decode, "__self__", None), "DESCRIPTOR", None)
-        name = type_name.full_name if type_name is not None else method
-
-        def safe(data: bytes) -> Any:
-            try:
-                return decode(data)
-            except DecodeError as e:
-                return Undecodable(name, str(e))
-
-        return handler._replace(request_deserializer=safe)
+    return handler._replace(request_deserializer=safe)
 
 
 # Redis is down, loading, read-only (a replica after failover) or the cluster
