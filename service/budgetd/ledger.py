@@ -40,6 +40,9 @@ log = logging.getLogger("budgetd.ledger")
 # scripts compare it with the stored one anyway ('stale_tz'), so this only
 # bounds extra round trips.
 TZ_CACHE_S = 30.0
+# Key sets of the reserve script kept (one per org and day); past this the
+# cache starts over.
+MAX_CACHED_KEY_SETS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,13 +151,24 @@ class Ledger:
         self.scripts = Scripts()
         self._tz_cache: dict[str, tuple[str, float]] = {}
         self._known_orgs: set[str] = set()
+        # (org, day_id, month_id) -> the reserve script's per-org keys.
+        self._keys_cache: dict[tuple[str, str, str], tuple[str, ...]] = {}
 
     # -- helpers -----------------------------------------------------------
 
-    async def org_tz(self, org: str, fresh: bool = False) -> str:
+    def cached_tz(self, org: str) -> str | None:
+        """The org's zone if cached less than TZ_CACHE_S ago (no await: the
+        hot path skips a coroutine when it hits)."""
         hit = self._tz_cache.get(org)
-        if hit and not fresh and time.monotonic() - hit[1] < TZ_CACHE_S:
+        if hit and time.monotonic() - hit[1] < TZ_CACHE_S:
             return hit[0]
+        return None
+
+    async def org_tz(self, org: str, fresh: bool = False) -> str:
+        if not fresh:
+            tz = self.cached_tz(org)
+            if tz is not None:
+                return tz
         raw = await self.redis.hget(w.settings_key(org), "tz")
         return self._remember_tz(org, text(raw) if raw else "UTC")
 
@@ -192,6 +206,11 @@ class Ledger:
         return cost
 
     def _candidates(self, req: ReserveInput, now_ms: int) -> list[tuple[str, int, int]]:
+        if (req.explicit_cost_micros is not None and req.input_tokens is None
+                and not req.fallback_models):
+            # The common explicit reservation: nothing to price.
+            assert req.explicit_tokens is not None
+            return [(req.model, req.explicit_tokens, req.explicit_cost_micros)]
         table = self.pricing.table()
         at = self._at(now_ms)
         out: list[tuple[str, int, int]] = []
@@ -228,19 +247,13 @@ class Ledger:
 
     # -- calls -------------------------------------------------------------
 
-    async def reserve(self, req: ReserveInput) -> Answer:
-        org = req.scope.org
-        await self.pricing.refresh()
-        now_ms = self.clock.now_ms()
-        cands = self._candidates(req, now_ms)
-        await self._note_org(org)
-        tz = await self.org_tz(org)
-        for _ in range(2):
-            win = w.windows_at(now_ms, tz)
-            paths = req.scope.paths
-            expires_ms = now_ms + req.ttl_s * 1000
-            keys = [
-                w.request_key(org, req.request_id),
+    def _reserve_keys(self, org: str, win: w.Windows) -> tuple[str, ...]:
+        """The reserve script's keys but the request's own (KEYS[2..11]): the
+        same for every call of an org in one day, so built once per day."""
+        ck = (org, win.day_id, win.month_id)
+        keys = self._keys_cache.get(ck)
+        if keys is None:
+            keys = (
                 w.rules_key(org),
                 w.settings_key(org),
                 w.window_key(org, win.day_id),
@@ -251,9 +264,32 @@ class Ledger:
                 alerts_key(org),
                 report_key(org, win.day_id),
                 report_key(org, win.month_id),
-            ]
+            )
+            if len(self._keys_cache) >= MAX_CACHED_KEY_SETS:
+                self._keys_cache.clear()
+            self._keys_cache[ck] = keys
+        return keys
+
+    async def reserve(self, req: ReserveInput) -> Answer:
+        org = req.scope.org
+        # Awaited only when due: a coroutine per call costs more than the check.
+        if self.pricing.due():
+            await self.pricing.refresh()
+        now_ms = self.clock.now_ms()
+        cands = self._candidates(req, now_ms)
+        if org not in self._known_orgs:
+            await self._note_org(org)
+        tz = self.cached_tz(org)
+        if tz is None:
+            tz = await self.org_tz(org)
+        paths = req.scope.paths
+        estimate_key = req.estimate_key()
+        for _ in range(2):
+            win = w.windows_at(now_ms, tz)
+            expires_ms = now_ms + req.ttl_s * 1000
+            keys = [w.request_key(org, req.request_id), *self._reserve_keys(org, win)]
             args: list[str | int] = [
-                req.request_id, req.scope.path, req.model, req.estimate_key(), req.ttl_s,
+                req.request_id, paths[-1], req.model, estimate_key, req.ttl_s,
                 ",".join(req.fallback_models), int(req.batch), tz, now_ms, expires_ms,
                 win.day_id, win.month_id, win.day_expire_at_s, win.month_expire_at_s,
                 RECORD_RETENTION_S, DENIED_RETENTION_S, len(paths), *paths, len(cands),
@@ -494,6 +530,10 @@ class PricingSource:
 
     def table(self) -> PriceTable:
         return self._table
+
+    def due(self) -> bool:
+        """Whether refresh() would read Redis (or wait for a reader)."""
+        return time.monotonic() - self._loaded_at >= self.refresh_s
 
     async def refresh(self, force: bool = False) -> PriceTable:
         if not force and time.monotonic() - self._loaded_at < self.refresh_s:
