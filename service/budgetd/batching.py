@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +46,11 @@ from budgetd.errors import Unavailable
 
 if TYPE_CHECKING:
     from budgetd.scripts import Script
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _timeout
+else:  # redis-py depends on async-timeout before 3.11
+    from async_timeout import timeout as _timeout
 
 log = logging.getLogger("budgetd.batching")
 
@@ -247,12 +254,22 @@ class ScriptBatcher:
         else:
             await conn.send_packed_command(conn.pack_commands(commands))
         out: list[Any] = []
-        for _ in commands:
-            try:
-                out.append(await conn.read_response())
-            except ResponseError as e:
-                # An error reply fails one call; keep reading the others.
-                out.append(e)
+        # One socket timeout for the whole batch's replies, not one per reply:
+        # read_response's own timeout arms and cancels a timer per reply,
+        # ~3 us each (math.inf: none; redis-py's PubSub uses it the same way).
+        try:
+            async with _timeout(conn.socket_timeout):
+                for _ in commands:
+                    try:
+                        out.append(await conn.read_response(timeout=math.inf))
+                    except ResponseError as e:
+                        # An error reply fails one call; keep reading the others.
+                        out.append(e)
+        except asyncio.TimeoutError:
+            # read_response dropped the connection (cancelled mid-read), as on
+            # its own timeout; the callers see the same error class.
+            raise RedisTimeoutError(f"Timeout reading from redis ({len(commands)} "
+                                    f"replies due in {conn.socket_timeout} s)") from None
         return out
 
     async def _run_single(self, batch: list[Call]) -> None:
