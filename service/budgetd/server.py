@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -239,6 +240,12 @@ async def _bounded(what: str, aw: Any, timeout_s: float = STEP_S) -> None:
 async def serve(settings: Settings, clock: Clock | None = None) -> None:
     app = App(settings, clock or SystemClock())
     await app.start()
+    # Everything a started server holds (modules, descriptors, protos,
+    # handlers) lives as long as it: moved out of the collector's view, a full
+    # collection scans only what calls leave behind. Measured under the
+    # Reserve throughput bench: full collections went from ~15 ms each, every
+    # ~0.5 s (a stalled loop, ~2.5 % of a core), to ~0.3 ms.
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
