@@ -299,6 +299,11 @@ class Ledger:
         return cost
 
     def _candidates(self, req: ReserveInput, now_ms: int) -> list[tuple[str, int, int]]:
+        if (req.explicit_cost_micros is not None and req.input_tokens is None
+                and not req.fallback_models):
+            # The common explicit reservation: nothing to price.
+            assert req.explicit_tokens is not None
+            return [(req.model, req.explicit_tokens, req.explicit_cost_micros)]
         table = self.pricing.table()
         at = self._at(now_ms)
         out: list[tuple[str, int, int]] = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -16,7 +17,7 @@ from typing import Any
 import grpc
 from budgetd_client._proto.budget.v1 import admin_pb2, admin_pb2_grpc, budget_pb2, budget_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from redis.exceptions import RedisError
 
 from budgetd import metrics
@@ -27,10 +28,10 @@ from budgetd.clock import Clock, SystemClock
 from budgetd.config import Settings
 from budgetd.drift import DriftChecker, DriftConfig
 from budgetd.embedded import EmbeddedRedis
-from budgetd.interceptors import ServerInterceptor
+from budgetd.interceptors import CallHooks, ServiceRegistrar
 from budgetd.ledger import Ledger, PricingSource
 from budgetd.redis_conn import connect_redis
-from budgetd.service import BudgetAdminService, BudgetService, DecodeGuard
+from budgetd.service import BudgetAdminService, BudgetService
 from budgetd.tls import server_credentials
 from budgetd.webhook import WebhookConfig, WebhookSender
 
@@ -106,23 +107,25 @@ class App:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", reuseport),
-        ], interceptors=[
-            ServerInterceptor(authorizer, metrics.TeamLabels(s.metrics_per_team)),
-            # Inner: malformed bytes reach the servicer, which answers INVALID_ARGUMENT.
-            DecodeGuard(SERVICE_NAMES),
         ])
-        budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetService(self.ledger),
-                                                            self.server)
+        # Every service's handlers wrapped once with auth, metrics and the
+        # access log; malformed bytes reach budgetd's own servicers, which
+        # answer INVALID_ARGUMENT.
+        services = ServiceRegistrar(self.server, CallHooks(
+            authorizer, metrics.TeamLabels(s.metrics_per_team), SERVICE_NAMES))
+        reg: Any = services  # the generated code asks for a server, and uses these two methods
+        budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetService(self.ledger), reg)
         # A blocking XREAD must return before the Redis socket timeout.
         self.admin_service = BudgetAdminService(
             admin, watch_block_ms=int(s.redis_timeout_s * 1000 / 2))
-        admin_pb2_grpc.add_BudgetAdminServiceServicer_to_server(self.admin_service,
-                                                                self.server)
+        admin_pb2_grpc.add_BudgetAdminServiceServicer_to_server(self.admin_service, reg)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, reg)
+        # What reflection.enable_server_reflection does for an aio server.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
+                (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME)), reg)
         if creds is not None:
             self.port = self.server.add_secure_port(s.listen, creds)
         else:
@@ -263,6 +266,12 @@ async def _bounded(what: str, aw: Any, timeout_s: float = STEP_S) -> None:
 async def serve(settings: Settings, clock: Clock | None = None) -> None:
     app = App(settings, clock or SystemClock())
     await app.start()
+    # Everything a started server holds (modules, descriptors, protos,
+    # handlers) lives as long as it: moved out of the collector's view, a full
+    # collection scans only what calls leave behind. Measured under the
+    # Reserve throughput bench: full collections went from ~15 ms each, every
+    # ~0.5 s (a stalled loop, ~2.5 % of a core), to ~0.3 ms.
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -71,43 +71,22 @@ class Undecodable:
         self.error = error
 
 
-class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Wraps the request deserializer of budgetd's own services so that
-    malformed bytes reach the handler as an Undecodable."""
+def guard_decode(method: str, handler: Any) -> Any:
+    """The handler with its request deserializer wrapped so that malformed
+    bytes reach the servicer as an Undecodable."""
+    decode = handler.request_deserializer
+    if decode is None:
+        return handler
+    type_name = getattr(getattr(decode, "__self__", None), "DESCRIPTOR", None)
+    name = type_name.full_name if type_name is not None else method
 
-    def __init__(self, service_names: tuple[str, ...]) -> None:
-        self.prefixes = tuple(f"/{n}/" for n in service_names)
-        # One guarded handler per method (the outer interceptor caches by it).
-        self._guarded: dict[tuple[str, Any], Any] = {}
+    def safe(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except DecodeError as e:
+            return Undecodable(name, str(e))
 
-    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        handler = await continuation(handler_call_details)
-        method = str(handler_call_details.method)
-        if handler is None or not method.startswith(self.prefixes):
-            return handler
-        key = (method, handler)
-        guarded = self._guarded.get(key)
-        if guarded is None:
-            guarded = self._guard(method, handler)
-            if len(self._guarded) < 1024:
-                self._guarded[key] = guarded
-        return guarded
-
-    @staticmethod
-    def _guard(method: str, handler: Any) -> Any:
-        decode = handler.request_deserializer
-        if decode is None:
-            return handler
-        type_name = getattr(getattr(decode, "__self__", None), "DESCRIPTOR", None)
-        name = type_name.full_name if type_name is not None else method
-
-        def safe(data: bytes) -> Any:
-            try:
-                return decode(data)
-            except DecodeError as e:
-                return Undecodable(name, str(e))
-
-        return handler._replace(request_deserializer=safe)
+    return handler._replace(request_deserializer=safe)
 
 
 # Redis is down, loading, read-only (a replica after failover) or the cluster
@@ -170,42 +149,71 @@ def ts(ms: int) -> Timestamp:
     return t
 
 
+@functools.lru_cache(maxsize=4096)
+def _path_parts(path: str) -> tuple[str, str, str]:
+    """'acme/search/x' -> ('acme', 'search', 'x'). A Reserve answer names the
+    same few paths on every call: split each once."""
+    parts = path.split("/")
+    return (parts[0], parts[1] if len(parts) > 1 else "",
+            parts[2] if len(parts) > 2 else "")
+
+
+def _set_scope(msg: pb.Scope, path: str) -> None:
+    msg.org, msg.team, msg.feature = _path_parts(path)
+
+
 def reserve_response(org: str, request_id: str, d: dict[str, Any]) -> pb.ReserveResponse:
+    # Built in place (add(), fields set on the child) rather than from
+    # constructed sub-messages that upb then copies: ~3x cheaper, and this
+    # runs on every Reserve.
     out = pb.ReserveResponse()
-    for r in _list(d.get("remaining")):
-        out.remaining.append(pb.Remaining(
-            scope=scope_pb(r["path"]), window=WINDOW_TO_PB[r["w"]], unit=UNIT_TO_PB[r["u"]],
-            mode=MODE_TO_PB[r["mode"]], limit=int(r["limit"]), remaining=int(r["remaining"])))
-    for c in _list(d.get("crossings")):
-        out.crossings.append(pb.RuleCrossing(
-            scope=scope_pb(c["path"]), window=WINDOW_TO_PB[c["w"]], unit=UNIT_TO_PB[c["u"]],
-            mode=MODE_TO_PB[c["mode"]], limit=int(c["limit"]), used=int(c["used"]),
-            reserved=int(c["reserved"]), requested=int(c["requested"])))
-    out.alerts.extend(a.to_pb() for a in alerts_of(d))
+    remaining = d.get("remaining")
+    if isinstance(remaining, list):
+        add = out.remaining.add
+        for r in remaining:
+            m = add(window=WINDOW_TO_PB[r["w"]], unit=UNIT_TO_PB[r["u"]],
+                    mode=MODE_TO_PB[r["mode"]], limit=int(r["limit"]),
+                    remaining=int(r["remaining"]))
+            _set_scope(m.scope, r["path"])
+    crossings = d.get("crossings")
+    if isinstance(crossings, list):
+        add_c = out.crossings.add
+        for c in crossings:
+            mc = add_c(window=WINDOW_TO_PB[c["w"]], unit=UNIT_TO_PB[c["u"]],
+                       mode=MODE_TO_PB[c["mode"]], limit=int(c["limit"]), used=int(c["used"]),
+                       reserved=int(c["reserved"]), requested=int(c["requested"]))
+            _set_scope(mc.scope, c["path"])
+    if isinstance(d.get("alerts"), list):
+        out.alerts.extend(a.to_pb() for a in alerts_of(d))
     if d["decision"] == "allowed":
         out.decision = pb.DECISION_ALLOWED
         out.reservation_id = reservation_id(org, request_id)
         out.model = d["model"]
-        out.reserved.tokens = int(d["tokens"])
-        out.reserved.cost_micros = int(d["cost"])
-        out.expires_at.CopyFrom(ts(int(d["expires_ms"])))
+        reserved = out.reserved
+        reserved.tokens = int(d["tokens"])
+        reserved.cost_micros = int(d["cost"])
+        expires_ms = int(d["expires_ms"])
+        expires = out.expires_at
+        expires.seconds, expires.nanos = divmod(expires_ms, 1000)
+        expires.nanos *= 1_000_000
     else:
         out.decision = pb.DECISION_DENIED
         den = d["denial"]
-        out.denial.CopyFrom(pb.Denial(
-            scope=scope_pb(den["path"]), window=WINDOW_TO_PB[den["w"]],
-            unit=UNIT_TO_PB[den["u"]], limit=int(den["limit"]), used=int(den["used"]),
-            reserved=int(den["reserved"]), requested=int(den["requested"]),
-            model=den.get("model", "")))
+        denial = out.denial
+        denial.SetInParent()
+        denial.window = WINDOW_TO_PB[den["w"]]
+        denial.unit = UNIT_TO_PB[den["u"]]
+        denial.limit = int(den["limit"])
+        denial.used = int(den["used"])
+        denial.reserved = int(den["reserved"])
+        denial.requested = int(den["requested"])
+        denial.model = den.get("model", "")
+        _set_scope(denial.scope, den["path"])
     return out
 
 
 def _batch_error(code: grpc.StatusCode, message: str) -> pb.ReserveBatchResult:
     return pb.ReserveBatchResult(error_code=code.value[0], error_message=message)
-
-
-def _list(v_: Any) -> list[Any]:
-    return v_ if isinstance(v_, list) else []
 
 
 class BudgetService(pb_grpc.BudgetServiceServicer):

@@ -19,6 +19,10 @@ from budgetd.limits import (
 from budgetd.pricing import UsageTokens
 
 
+def _valid_id(value: str) -> bool:
+    return bool(value) and ID_RE.fullmatch(value) is not None and value.isascii()
+
+
 def check_id(field: str, value: str) -> str:
     if not value:
         raise InvalidArgument(field, "is required")
@@ -50,13 +54,19 @@ def check_amount(field: str, value: int, maximum: int, minimum: int = 0) -> int:
 
 
 def scope(msg: pb.Scope, field: str = "scope") -> ScopePath:
-    org = check_id(f"{field}.org", msg.org)
-    team = check_id(f"{field}.team", msg.team) if msg.team else ""
-    if msg.feature:
+    org, team, feature = msg.org, msg.team, msg.feature
+    # The valid case first, without building the field names (every Reserve).
+    if _valid_id(org) and (not team or _valid_id(team)) and (
+            not feature or (team and _valid_id(feature))):
+        return ScopePath(org, team, feature)
+    check_id(f"{field}.org", org)
+    if team:
+        check_id(f"{field}.team", team)
+    if feature:
         if not team:
             raise InvalidArgument(f"{field}.team", "is required when feature is set")
-        check_id(f"{field}.feature", msg.feature)
-    return ScopePath(org, team, msg.feature)
+        check_id(f"{field}.feature", feature)
+    raise AssertionError("unreachable: an invalid scope passed every check")
 
 
 def org_only(field: str, value: str) -> str:
@@ -95,30 +105,34 @@ def reserve(req: pb.ReserveRequest) -> ReserveInput:
         raise InvalidArgument("scope", "is required")
     sc = scope(req.scope)
     model = check_model("model", req.model)
-    if len(req.fallback_models) > MAX_FALLBACK_MODELS:
-        raise InvalidArgument("fallback_models",
-                              f"at most {MAX_FALLBACK_MODELS} fallback models")
-    seen = {model}
-    for i, m in enumerate(req.fallback_models):
-        check_model(f"fallback_models[{i}]", m)
-        if m in seen:
-            raise InvalidArgument(f"fallback_models[{i}]", f"{m!r} is listed twice")
-        seen.add(m)
+    fallbacks: tuple[str, ...] = ()
+    if req.fallback_models:
+        if len(req.fallback_models) > MAX_FALLBACK_MODELS:
+            raise InvalidArgument("fallback_models",
+                                  f"at most {MAX_FALLBACK_MODELS} fallback models")
+        seen = {model}
+        for i, m in enumerate(req.fallback_models):
+            check_model(f"fallback_models[{i}]", m)
+            if m in seen:
+                raise InvalidArgument(f"fallback_models[{i}]", f"{m!r} is listed twice")
+            seen.add(m)
+        fallbacks = tuple(req.fallback_models)
     ttl_s = DEFAULT_TTL_S
     if req.HasField("ttl_seconds"):
         ttl_s = check_amount("ttl_seconds", req.ttl_seconds, MAX_TTL_S, minimum=1)
-    kind = req.estimate.WhichOneof("kind")
+    estimate = req.estimate
+    kind = estimate.WhichOneof("kind")
     if kind == "token_estimate":
-        te = req.estimate.token_estimate
+        te = estimate.token_estimate
         in_t = check_amount("estimate.token_estimate.input_tokens", te.input_tokens,
                             MAX_REQUEST_TOKENS)
         out_t = check_amount("estimate.token_estimate.max_output_tokens", te.max_output_tokens,
                              MAX_REQUEST_TOKENS, minimum=1)
         return ReserveInput(request_id, sc, model, ttl_s, input_tokens=in_t,
-                            max_output_tokens=out_t, fallback_models=tuple(req.fallback_models),
+                            max_output_tokens=out_t, fallback_models=fallbacks,
                             batch=req.batch)
     if kind == "explicit":
-        ex = req.estimate.explicit
+        ex = estimate.explicit
         tokens = check_amount("estimate.explicit.tokens", ex.tokens, MAX_REQUEST_TOKENS)
         cost = None
         if ex.HasField("cost_micros"):
@@ -127,8 +141,8 @@ def reserve(req: pb.ReserveRequest) -> ReserveInput:
         if tokens == 0 and not cost:
             raise InvalidArgument("estimate.explicit", "tokens or cost_micros must be > 0")
         return ReserveInput(request_id, sc, model, ttl_s, explicit_tokens=tokens,
-                            explicit_cost_micros=cost,
-                            fallback_models=tuple(req.fallback_models), batch=req.batch)
+                            explicit_cost_micros=cost, fallback_models=fallbacks,
+                            batch=req.batch)
     raise InvalidArgument("estimate", "is required: token_estimate or explicit")
 
 
