@@ -100,6 +100,9 @@ class EmbeddedRedis:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.appendfsync,
             "--save", "",
+            # A request record (kept 7 days after settling) holds values over
+            # the default 64 bytes: as a listpack it takes half the memory.
+            "--hash-max-listpack-value", "1024",
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
             *self.extra_args,
