@@ -53,12 +53,26 @@ def check_amount(field: str, value: int, maximum: int, minimum: int = 0) -> int:
     return value
 
 
+# Scopes already found valid: callers send the same few on every call, and
+# ScopePath is immutable, so one instance serves them all. Past this many
+# the cache starts over.
+MAX_CACHED_SCOPES = 4096
+_valid_scopes: dict[tuple[str, str, str], ScopePath] = {}
+
+
 def scope(msg: pb.Scope, field: str = "scope") -> ScopePath:
     org, team, feature = msg.org, msg.team, msg.feature
-    # The valid case first, without building the field names (every Reserve).
+    key = (org, team, feature)
+    known = _valid_scopes.get(key)
+    if known is not None:
+        return known
+    # The valid case first, without building the field names.
     if _valid_id(org) and (not team or _valid_id(team)) and (
             not feature or (team and _valid_id(feature))):
-        return ScopePath(org, team, feature)
+        if len(_valid_scopes) >= MAX_CACHED_SCOPES:
+            _valid_scopes.clear()
+        sp = _valid_scopes[key] = ScopePath(org, team, feature)
+        return sp
     check_id(f"{field}.org", org)
     if team:
         check_id(f"{field}.team", team)
