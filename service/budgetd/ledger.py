@@ -124,8 +124,9 @@ def usage_split(u: UsageTokens) -> tuple[int, int, int, int]:
 # Key sets of the reserve script kept (one per org and day).
 MAX_CACHED_KEY_SETS = 50_000
 
-# Orgs the frequent expiry sweep tracks per process (the full walk covers the rest).
-MAX_ACTIVE_ORGS = 100_000
+# (second, org) pairs the frequent expiry sweep keeps per process; past this
+# new ones are left to the full walk (expire_all).
+MAX_DUE_ENTRIES = 1_000_000
 
 # What a Reserve retry must repeat, in the order of its fingerprint.
 FINGERPRINT_FIELDS = ("scope", "model", "estimate", "ttl_seconds", "fallback_models", "batch")
@@ -235,9 +236,11 @@ class Ledger:
         self._known_orgs: set[str] = set()
         # (org, day_id, month_id) -> the reserve script's per-org keys.
         self._keys: dict[tuple[str, str, str], tuple[str, ...]] = {}
-        # Orgs this process granted reservations in -> the latest expiry:
-        # the frequent sweep visits only these (expire_active).
-        self._active: dict[str, int] = {}
+        # Expiry second -> the orgs in which this process granted a
+        # reservation expiring then: the frequent sweep visits only the orgs
+        # whose second has come (expire_active).
+        self._due: dict[int, set[str]] = {}
+        self._due_entries = 0
 
     # -- helpers -----------------------------------------------------------
 
@@ -392,7 +395,7 @@ class Ledger:
                           "request_id", req.request_id)
         answer = reserve_answer(payload)
         if answer["decision"] == "allowed":
-            self._note_active(req.scope.org, int(answer["expires_ms"]))
+            self._note_due(req.scope.org, int(answer["expires_ms"]))
         return Answer(answer, replay=status == "dup", extra={"tz": cfg.tz})
 
     def _cached(self, org: str) -> OrgConfig | None:
@@ -585,11 +588,14 @@ class Ledger:
             args.append(rid)
         return int(await self.scripts.expire(self.redis, keys, args))
 
-    def _note_active(self, org: str, expires_ms: int) -> None:
-        if len(self._active) >= MAX_ACTIVE_ORGS and org not in self._active:
-            return  # the full walk (expire_all) still finds it
-        if expires_ms > self._active.get(org, 0):
-            self._active[org] = expires_ms
+    def _note_due(self, org: str, expires_ms: int) -> None:
+        second = -(-expires_ms // 1000)
+        orgs = self._due.get(second)
+        if orgs is None:
+            orgs = self._due[second] = set()
+        if org not in orgs and self._due_entries < MAX_DUE_ENTRIES:
+            orgs.add(org)
+            self._due_entries += 1
 
     async def expire_all(self) -> int:
         """One sweep over every org; bounded work per org per sweep."""
@@ -602,15 +608,22 @@ class Ledger:
                 return total
 
     async def expire_active(self) -> int:
-        """One sweep over the orgs this process reserved in; an org leaves
-        the set once its last reservation's expiry passed with nothing due."""
-        orgs = list(self._active)
+        """One sweep over the orgs where a reservation this process granted
+        has just expired: work in proportion to what expires, not to the
+        number of orgs."""
+        now_s = self.clock.now_ms() // 1000
+        orgs: set[str] = set()
+        for second in [t for t in self._due if t <= now_s]:
+            got = self._due.pop(second)
+            self._due_entries -= len(got)
+            orgs |= got
+        todo = sorted(orgs)
         total = 0
-        for lo in range(0, len(orgs), 500):
-            total += await self._expire_orgs(orgs[lo:lo + 500], forget_idle=True)
+        for lo in range(0, len(todo), 500):
+            total += await self._expire_orgs(todo[lo:lo + 500], recheck_s=now_s + 1)
         return total
 
-    async def _expire_orgs(self, orgs: list[str], forget_idle: bool = False) -> int:
+    async def _expire_orgs(self, orgs: list[str], recheck_s: int | None = None) -> int:
         if not orgs:
             return 0
         # One round trip tells which orgs have anything due, so an idle org
@@ -623,9 +636,10 @@ class Ledger:
         total = 0
         for org, first in zip(orgs, due, strict=True):
             if first:
-                total += await self.expire_org(org)
-            elif forget_idle and self._active.get(org, 0) < now_ms:
-                self._active.pop(org, None)
+                n = await self.expire_org(org)
+                total += n
+                if n >= EXPIRE_BATCH and recheck_s is not None:
+                    self._note_due(org, recheck_s * 1000)  # more than one batch due
         return total
 
     async def get_budget(self, scope: ScopePath) -> dict[str, Any]:
