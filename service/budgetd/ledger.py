@@ -359,14 +359,14 @@ class Ledger:
         return keys
 
     def _reserve_call(self, req: ReserveInput, cfg: OrgConfig, now_ms: int,
-                      cands: list[tuple[str, int, int]]) -> tuple[list[str], list[str | int]]:
-        """The reserve script's KEYS and ARGV for one request."""
+                      cands: list[tuple[str, int, int]]) -> tuple[list[str], list[Any]]:
+        """The reserve script's KEYS and ARGV (str, int and bytes) for one request."""
         org = req.scope.org
         win = w.windows_at(now_ms, cfg.tz)
         expires_ms = now_ms + req.ttl_s * 1000
         sr = cfg.scope_rules(org, req.scope.team, req.scope.feature)
         keys = [w.request_key(org, req.request_id), *self._reserve_keys(org, win)]
-        args: list[str | int] = [
+        args: list[Any] = [
             req.request_id, _fingerprint(req), cfg.tz, cfg.rgen, now_ms, expires_ms,
             win.day_id, win.month_id, win.day_expire_at_s, win.month_expire_at_s,
             req.ttl_s + RECORD_RETENTION_S, DENIED_RETENTION_S, sr.group,
@@ -432,7 +432,7 @@ class Ledger:
         await self._prepare_orgs({r.scope.org for r in reqs})
         now_ms = self.clock.now_ms()
         out: list[Answer | BaseException | None] = [None] * len(reqs)
-        calls: list[tuple[int, OrgConfig, list[str], list[str | int]]] = []
+        calls: list[tuple[int, OrgConfig, list[str], list[Any]]] = []
         for i, req in enumerate(reqs):
             try:
                 cfg = self._cached(req.scope.org) or await self.org_config(req.scope.org)

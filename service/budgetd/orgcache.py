@@ -26,9 +26,10 @@ from budgetd.codec import text
 # long a rule changed by a replica of an earlier version (which does not bump
 # rgen) can go unseen during a rolling upgrade.
 ORG_CACHE_S = 300.0
-# Orgs a replica keeps (a few KB each); past this the cache starts over
-# (rebuilding an org is one round trip).
-MAX_CACHED_ORGS = 50_000
+# Orgs a replica keeps (~1 KB each with one scope: the scope's arguments are
+# kept as one bytes string); past this the cache starts over (rebuilding an
+# org is one round trip).
+MAX_CACHED_ORGS = 120_000
 # Scopes compiled per org.
 MAX_SCOPES_PER_ORG = 1_000
 
@@ -48,8 +49,13 @@ class ScopeRules:
     group: str  # the usage report group prefix "sm|<team[/feature]>|"
     # n, the paths, the 2n reserved counters to charge, then: the number of
     # rules, of day and of month counter fields, those fields, and per rule
-    # "<field> <value>", limit, mode, lowest threshold amount, counter slot.
-    script_args: list[str | int]
+    # "<field> <value>", limit, mode, lowest threshold amount, counter slot;
+    # NUL-joined: one object instead of ~30 keeps 100k orgs in memory.
+    packed_args: bytes
+
+    @property
+    def script_args(self) -> list[bytes]:
+        return self.packed_args.split(b"\0")
 
 
 @dataclass(slots=True)
@@ -93,9 +99,10 @@ class OrgConfig:
             low = "" if lowest is None else str(threshold_amount(int(limit), lowest))
             described += [f"{f} {value}", limit, mode, low, slot]
         tf = paths[-1][len(org) + 1:]
+        args = [len(paths), *paths, *charge, len(rules), len(counters["d"]),
+                len(counters["m"]), *counters["d"], *counters["m"], *described]
         return ScopeRules(paths, ",".join(paths), f"sm|{tf}|",
-                          [len(paths), *paths, *charge, len(rules), len(counters["d"]),
-                           len(counters["m"]), *counters["d"], *counters["m"], *described])
+                          "\0".join(str(a) for a in args).encode())
 
 
 async def load(redis: Any, orgs: list[str]) -> dict[str, OrgConfig]:
