@@ -121,9 +121,6 @@ def usage_split(u: UsageTokens) -> tuple[int, int, int, int]:
     return (u.input, u.output, u.cache_write_5m + u.cache_write_1h, u.cache_read)
 
 
-# Key sets of the reserve script kept (one per org and day).
-MAX_CACHED_KEY_SETS = 50_000
-
 # (second, org) pairs the frequent expiry sweep keeps per process; past this
 # new ones are left to the full walk (expire_all).
 MAX_DUE_ENTRIES = 1_000_000
@@ -234,8 +231,6 @@ class Ledger:
         self.scripts = Scripts()
         self._orgs: dict[str, OrgConfig] = {}
         self._known_orgs: set[str] = set()
-        # (org, day_id, month_id) -> the reserve script's per-org keys.
-        self._keys: dict[tuple[str, str, str], tuple[str, ...]] = {}
         # Expiry second -> the orgs in which this process granted a
         # reservation expiring then: the frequent sweep visits only the orgs
         # whose second has come (expire_active).
@@ -343,15 +338,17 @@ class Ledger:
 
     # -- calls -------------------------------------------------------------
 
-    def _reserve_keys(self, org: str, win: w.Windows) -> tuple[str, ...]:
+    @staticmethod
+    def _reserve_keys(org: str, cfg: OrgConfig, win: w.Windows) -> tuple[str, ...]:
         """The reserve script's keys but the request's own: the same for every
-        call of an org in one day, so built once per org and day."""
-        ck = (org, win.day_id, win.month_id)
-        keys = self._keys.get(ck)
+        call of an org in one day, so built once per org and day (kept with
+        the org's cached config, whose size bounds them)."""
+        ck = (win.day_id, win.month_id)
+        keys = cfg.keys.get(ck)
         if keys is None:
-            if len(self._keys) >= MAX_CACHED_KEY_SETS:
-                self._keys.clear()
-            keys = self._keys[ck] = (
+            if len(cfg.keys) >= 4:
+                cfg.keys.clear()  # past days
+            keys = cfg.keys[ck] = (
                 w.rules_key(org), w.settings_key(org), w.window_key(org, win.day_id),
                 w.window_key(org, win.month_id), w.expiry_key(org), fired_key(org, win.day_id),
                 fired_key(org, win.month_id), alerts_key(org), report_key(org, win.day_id),
@@ -365,7 +362,7 @@ class Ledger:
         win = w.windows_at(now_ms, cfg.tz)
         expires_ms = now_ms + req.ttl_s * 1000
         sr = cfg.scope_rules(org, req.scope.team, req.scope.feature)
-        keys = [w.request_key(org, req.request_id), *self._reserve_keys(org, win)]
+        keys = [w.request_key(org, req.request_id), *self._reserve_keys(org, cfg, win)]
         args: list[Any] = [
             req.request_id, _fingerprint(req), cfg.tz, cfg.rgen, now_ms, expires_ms,
             win.day_id, win.month_id, win.day_expire_at_s, win.month_expire_at_s,

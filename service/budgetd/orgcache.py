@@ -65,6 +65,8 @@ class OrgConfig:
     rules: dict[str, str]  # rule field "<path>|<d|m>|<t|c>" -> "<limit>|<mode>|<thresholds>"
     loaded_s: float = field(default_factory=time.monotonic)
     scopes: dict[tuple[str, str, str], ScopeRules] = field(default_factory=dict)
+    # (day_id, month_id) -> the reserve script's per-org keys (Ledger._reserve_keys).
+    keys: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
     def fresh(self) -> bool:
         return time.monotonic() - self.loaded_s < ORG_CACHE_S

@@ -54,9 +54,9 @@ def check_amount(field: str, value: int, maximum: int, minimum: int = 0) -> int:
 
 
 # Scopes already found valid: callers send the same few on every call, and
-# ScopePath is immutable, so one instance serves them all. Past this many
-# the cache starts over.
-MAX_CACHED_SCOPES = 4096
+# ScopePath is immutable, so one instance serves them all. Sized like the
+# org cache (orgcache.MAX_CACHED_ORGS): past this many it starts over.
+MAX_CACHED_SCOPES = 120_000
 _valid_scopes: dict[tuple[str, str, str], ScopePath] = {}
 
 
