@@ -203,7 +203,7 @@ def _windows_of(hold: Any, dwid: Any, mwid: Any) -> tuple[Any, Any]:
     """The window ids of a record, packed or (older records) separate."""
     if hold:
         parts = text(hold).split(" ")
-        return parts[3], parts[4]
+        return parts[HOLD_PARTS.index("dwid")], parts[HOLD_PARTS.index("mwid")]
     return dwid, mwid
 
 
@@ -241,10 +241,16 @@ class Ledger:
 
     async def org_config(self, org: str, fresh: bool = False) -> OrgConfig:
         """The org's zone and rules as this replica caches them (orgcache.py)."""
-        hit = self._orgs.get(org)
-        if hit is not None and not fresh and hit.fresh():
+        hit = None if fresh else self._cached(org)
+        if hit is not None:
             return hit
         return self._cache_orgs(await orgcache.load(self.redis, [org]))[org]
+
+    def _cached(self, org: str) -> OrgConfig | None:
+        """The org's cached config if still fresh (no await: the hot path
+        checks it before calling org_config)."""
+        hit = self._orgs.get(org)
+        return hit if hit is not None and hit.fresh() else None
 
     def _cache_orgs(self, got: dict[str, OrgConfig]) -> dict[str, OrgConfig]:
         if len(self._orgs) + len(got) > orgcache.MAX_CACHED_ORGS:
@@ -260,7 +266,7 @@ class Ledger:
         if new:
             await self.redis.sadd(w.ORGS_KEY, *new)
             self._known_orgs.update(new)
-        cold = [o for o in orgs if not ((hit := self._orgs.get(o)) and hit.fresh())]
+        cold = [o for o in orgs if self._cached(o) is None]
         if cold:
             self._cache_orgs(await orgcache.load(self.redis, cold))
 
@@ -394,10 +400,6 @@ class Ledger:
         if answer["decision"] == "allowed":
             self._note_due(req.scope.org, int(answer["expires_ms"]))
         return Answer(answer, replay=status == "dup", extra={"tz": cfg.tz})
-
-    def _cached(self, org: str) -> OrgConfig | None:
-        hit = self._orgs.get(org)
-        return hit if hit is not None and hit.fresh() else None
 
     async def reserve(self, req: ReserveInput) -> Answer:
         org = req.scope.org
