@@ -77,26 +77,28 @@ class Admin:
         self.redis = redis
         self.ledger = ledger
 
+    async def _change_rule(self, org: str, args: list[str | int]) -> int:
+        """Runs the rules script (the change and the generation bump, atomic)
+        and drops this replica's cached copy of the org."""
+        changed = int(await self.ledger.scripts.rules(
+            self.redis, [w.rules_key(org), w.settings_key(org)], args))
+        self.ledger.forget_org(org)
+        return changed
+
     async def set_budget(self, rule: Rule) -> bool:
         org = rule.scope.org
-        changed = await self.ledger.scripts.rules(
-            self.redis, [w.rules_key(org), w.settings_key(org)],
-            ["set", rule.field, rule.value, MAX_RULES_PER_ORG])
+        changed = await self._change_rule(org, ["set", rule.field, rule.value,
+                                                MAX_RULES_PER_ORG])
         if changed == -1:
             raise FailedPrecondition(f"rule.scope.org: the org has {MAX_RULES_PER_ORG} rules, "
                                      "the maximum", "rule.scope.org")
-        self.ledger.forget_org(org)
         if changed:
             await self.redis.sadd(w.ORGS_KEY, org)
         return bool(changed)
 
     async def delete_budget(self, scope: ScopePath, window: str, unit: str) -> bool:
-        org = scope.org
-        changed = await self.ledger.scripts.rules(
-            self.redis, [w.rules_key(org), w.settings_key(org)],
-            ["del", f"{scope.path}|{window}|{unit}"])
-        self.ledger.forget_org(org)
-        return bool(changed)
+        return bool(await self._change_rule(scope.org,
+                                            ["del", f"{scope.path}|{window}|{unit}"]))
 
     async def list_budgets(self, org: str) -> list[Rule]:
         raw = await self.redis.hgetall(w.rules_key(org))

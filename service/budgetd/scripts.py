@@ -90,19 +90,17 @@ class Script:
         finally:
             self._latency.observe(time.perf_counter() - start)
 
-
     async def many(self, client: Any, calls: list[tuple[list[str], list[str | int]]]
                    ) -> list[Any]:
         """Several calls at once, in one pipeline when a batcher serves the
         client: each call's reply, or its exception, in order."""
-        start = time.perf_counter()
         b = self.batcher
-        if b is not None and client is b.redis:
-            out = await b.call_many(self, calls)
-        else:
-            out = list(await asyncio.gather(*(self(client, k, a) for k, a in calls),
-                                            return_exceptions=True))
-            return out  # each call observed itself
+        if b is None or client is not b.redis:
+            # Each call observes its own latency and errors.
+            return list(await asyncio.gather(*(self(client, k, a) for k, a in calls),
+                                             return_exceptions=True))
+        start = time.perf_counter()
+        out = await b.call_many(self, calls)
         elapsed = time.perf_counter() - start
         for r in out:
             self._latency.observe(elapsed)
