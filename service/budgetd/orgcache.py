@@ -32,6 +32,8 @@ ORG_CACHE_S = 300.0
 MAX_CACHED_ORGS = 120_000
 # Scopes compiled per org.
 MAX_SCOPES_PER_ORG = 1_000
+# A rule's mode in its layout character (see reserve.lua's header).
+_MODE_BITS = {"h": 0, "s": 16, "w": 32}
 
 
 def threshold_amount(limit: int, pct: int) -> int:
@@ -47,10 +49,10 @@ class ScopeRules:
     paths: list[str]
     joined: str  # the paths comma-joined, as the record stores them
     group: str  # the usage report group prefix "sm|<team[/feature]>|"
-    # n, the paths, the 2n reserved counters to charge, then: the number of
-    # rules, of day and of month counter fields, those fields, and per rule
-    # "<field> <value>", limit, mode, lowest threshold amount, counter slot;
-    # NUL-joined: one object instead of ~30 keeps 100k orgs in memory.
+    # From ARGV[14] of reserve.lua: the number of paths, of rules, of day and
+    # of month rules, the rules' layout, the counters, per rule "<field>
+    # <value>", limit and lowest threshold amount; NUL-joined: one object
+    # instead of ~30 keeps 100k orgs in memory.
     packed_args: bytes
 
     @property
@@ -82,29 +84,28 @@ class OrgConfig:
 
     def _compile(self, org: str, team: str, feature: str) -> ScopeRules:
         paths = w.scope_paths(org, team, feature)
-        charge = [f"r|{p}|{u}" for p in paths for u in ("t", "c")]
+        reserved = [f"r|{p}|{u}" for p in paths for u in ("t", "c")]
         # Rules in the order a denial names the first one violated: org
         # before team before feature, day before month, tokens before cost.
-        rules = [(f"{p}|{win}|{u}", p, win, u) for p in paths for win in ("d", "m")
-                 for u in ("t", "c") if f"{p}|{win}|{u}" in self.rules]
-        # Counters are read with one HMGET per window: each rule names its
-        # (used, reserved) pair there, + in the day's list, - in the month's.
-        counters: dict[str, list[str | int]] = {"d": [], "m": []}
-        described: list[str | int] = []
-        for f, p, win, u in rules:
-            got = counters[win]
-            got += [f"u|{p}|{u}", f"r|{p}|{u}"]
-            slot = len(got) - 1 if win == "d" else -(len(got) - 1)
+        rules = [(f"{p}|{win}|{u}", i, win, u) for i, p in enumerate(paths)
+                 for win in ("d", "m") for u in ("t", "c") if f"{p}|{win}|{u}" in self.rules]
+        used: dict[str, list[str]] = {"d": [], "m": []}
+        layout: list[str] = []
+        described: list[str] = []
+        for f, i, win, u in rules:
+            used[win].append(f"u|{f.rsplit('|', 2)[0]}|{u}")
             value = self.rules[f]
             limit, mode, ths = value.split("|")
+            # One character says which reserved counter, window and mode.
+            ri = 2 * i + (1 if u == "t" else 2)
+            layout.append(chr(48 + ri + (8 if win == "m" else 0) + _MODE_BITS[mode]))
             lowest = min((int(t) for t in ths.split(",") if t), default=None)
             low = "" if lowest is None else str(threshold_amount(int(limit), lowest))
-            described += [f"{f} {value}", limit, mode, low, slot]
+            described += [f"{f} {value}", limit, low]
         tf = paths[-1][len(org) + 1:]
-        args = [len(paths), *paths, *charge, len(rules), len(counters["d"]),
-                len(counters["m"]), *counters["d"], *counters["m"], *described]
-        return ScopeRules(paths, ",".join(paths), f"sm|{tf}|",
-                          "\0".join(str(a) for a in args).encode())
+        args = [str(len(paths)), str(len(rules)), str(len(used["d"])), str(len(used["m"])),
+                "".join(layout), *used["d"], *reserved, *used["m"], *described]
+        return ScopeRules(paths, ",".join(paths), f"sm|{tf}|", "\0".join(args).encode())
 
 
 async def load(redis: Any, orgs: list[str]) -> dict[str, OrgConfig]:

@@ -2,15 +2,15 @@
 -- and both units, and charge all counters or none. Fallback models are tried
 -- in order in this same atomic step. Idempotent by request_id.
 --
--- Cheap for Redis by design (it runs before every model call, and Lua's
--- allocations, tonumber and string.format cost more than the commands): the
--- caller passes the scope's rules already parsed, from its cache, with the
--- rules generation and time zone it read them under (both checked here:
--- 'stale_cfg' if either moved); every string stored or answered that can be
--- built in advance arrives in ARGV (field names, the record's hold, the
--- answer's head); amounts are charged with HINCRBY as given; only the
--- counters a rule checks are read; keys get their expiry only when this call
--- created them; the record is five fields.
+-- Cheap for Redis by design (it runs before every model call, and each
+-- command, Lua allocation and tonumber costs): the caller passes the scope's
+-- rules already parsed, from its cache, with the rules generation and time
+-- zone it read them under (both checked here: 'stale_cfg' if either moved);
+-- every string stored or answered that can be built in advance arrives in
+-- ARGV (field names, the record's hold, the answer's head); a rule's window,
+-- unit, mode and counters are one character of a layout string; each window's
+-- counters are read with one HMGET and charged with one HSET; keys get their
+-- expiry only when this call created them; the record is five fields.
 --
 -- KEYS[1] request record   bd:{org}:q:<request_id>
 -- KEYS[2] rules hash       bd:{org}:rules
@@ -35,15 +35,18 @@
 -- ARGV[11] seconds to keep a granted record: ttl_s + record retention
 -- ARGV[12] seconds to keep a denied record
 -- ARGV[13] report group prefix "sm|<team[/feature]>|"
--- ARGV[14] n paths (1..3), then the n paths (org, org/team, org/team/feature)
--- then 2n reserved counters to charge, per path: r|<p>|t r|<p>|c
--- then the number of rules (in the order a denial names the first one
---   violated: org, team, feature; day, month; tokens, cost), the number of
---   day and of month counter fields, those fields (u|<p>|<unit> r|<p>|<unit>
---   per rule), then per rule: "<rule field> <rule value>", limit, mode
---   (h|s|w), the amount at which its lowest alert threshold is reached (''
---   if none), and the index of its used counter among the day fields (> 0)
---   or the month fields (< 0)
+-- ARGV[14] n, the number of paths (1..3: org, org/team, org/team/feature)
+-- ARGV[15] the number of rules (in the order a denial names the first one
+--          violated: org, team, feature; day, month; tokens, cost)
+-- ARGV[16] the number of day rules     ARGV[17] the number of month rules
+-- ARGV[18] the rules' layout: one character per rule, byte 48 + ri
+--          + 8 (month rule) + 16 (SOFT) or 32 (SHADOW), where ri (1..2n) is
+--          the rule's reserved counter below (odd: tokens, even: cost)
+-- then the day rules' used counters u|<p>|<unit>, in rule order,
+-- then the 2n reserved counters r|<p>|t r|<p>|c, per path (in both windows),
+-- then the month rules' used counters, in rule order,
+-- then per rule: "<rule field> <rule value>", limit, and the amount at which
+--   its lowest alert threshold is reached ('' if none)
 -- then the number of candidates, then per candidate: model, tokens, cost,
 --   its report field "<prefix><model>|n", its hold (below), and its answer
 --   head "a <model> <tokens> <cost> <expires_ms>"
@@ -83,36 +86,49 @@ end
 local cfg = call('HMGET', KEYS[3], 'tz', 'rgen')
 if (cfg[1] or 'UTC') ~= ARGV[3] or (cfg[2] or '') ~= ARGV[4] then return {'stale_cfg'} end
 
-local n = tonumber(ARGV[14])
-local charge_at = 15 + n           -- the 2n reserved counters to charge
-local nrules = tonumber(ARGV[charge_at + 2 * n])
-local nday = tonumber(ARGV[charge_at + 2 * n + 1])
-local nmonth = tonumber(ARGV[charge_at + 2 * n + 2])
-local day_at = charge_at + 2 * n + 3
-local month_at = day_at + nday
-local rule_at = month_at + nmonth
-local cand_at = rule_at + 5 * nrules
+local n2 = 2 * tonumber(ARGV[14])
+local nrules, nday, nmonth = tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17])
+local layout = ARGV[18]
+local res_at = 19 + nday            -- the reserved counters
+local month_at = res_at + n2        -- the month rules' used counters
+local rule_at = month_at + nmonth   -- per rule: description, limit, lowest threshold
+local cand_at = rule_at + 3 * nrules
 
--- Rule k: description, limit, mode, lowest threshold and counter slot at
--- rule_at + 5(k-1). Its unit is the last letter of its counter field.
-local day_vals = nday > 0 and call('HMGET', KEYS[4], unpack(ARGV, day_at, month_at - 1))
-local month_vals = nmonth > 0 and call('HMGET', KEYS[5], unpack(ARGV, month_at, rule_at - 1))
+-- Every counter this call reads or charges, in one HMGET per window: the day's
+-- used counters then the reserved ones, the month's reserved then its used.
+local dv = call('HMGET', KEYS[4], unpack(ARGV, 19, month_at - 1))
+local mv = call('HMGET', KEYS[5], unpack(ARGV, res_at, rule_at - 1))
 -- Tables are sized by their constructors: growing one rehashes it, which
 -- costs more than all the arithmetic here. A scope has at most 12 rules.
 local F = false
-local rules = {F, F, F, F, F, F, F, F, F, F, F, F}
--- A rule's slots:
-local LIMIT, CONSUMED, COST, USED, RESERVED, LOW, MODE, DESC = 1, 2, 3, 4, 5, 6, 7, 8
+local dres, mres = {0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0}
+for i = 1, n2 do
+  dres[i], mres[i] = tonumber(dv[nday + i] or 0), tonumber(mv[i] or 0)
+end
+
+-- Rule k: limit, consumed (used + reserved), unit is cost, mode at R[4k-3..4k];
+-- its description, used and reserved (as read) go to the answer's parts.
+local R = {F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F,
+  F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F}
+local parts = {F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F,
+  F, F, F, F, F, F, F, F, F, F, F, F}
+local byte = string.byte
+local di, mi = 0, n2
 for k = 1, nrules do
-  local r = rule_at + 5 * (k - 1)
-  local slot = tonumber(ARGV[r + 4])
-  local got, field_at = day_vals, day_at + slot - 1
-  if slot < 0 then got, slot, field_at = month_vals, -slot, month_at - slot - 1 end
-  local used, reserved = got[slot] or '0', got[slot + 1] or '0'
-  local low = ARGV[r + 3]
-  rules[k] = {tonumber(ARGV[r + 1]), tonumber(used) + tonumber(reserved),
-    string.byte(ARGV[field_at], -1) == 99, used, reserved, low ~= '' and tonumber(low),
-    ARGV[r + 2], ARGV[r]}
+  local b, mode = byte(layout, k) - 48, 'h'
+  if b >= 32 then mode, b = 'w', b - 32 elseif b >= 16 then mode, b = 's', b - 16 end
+  local used, res_s, res
+  if b > 8 then
+    b, mi = b - 8, mi + 1
+    used, res_s, res = mv[mi] or '0', mv[b] or '0', mres[b]
+  else
+    di = di + 1
+    used, res_s, res = dv[di] or '0', dv[nday + b] or '0', dres[b]
+  end
+  local o, a, p = 4 * k - 4, rule_at + 3 * k - 3, 3 * k - 1
+  R[o + 1], R[o + 2], R[o + 3], R[o + 4] = tonumber(ARGV[a + 1]), tonumber(used) + res,
+    b % 2 == 0, mode
+  parts[p], parts[p + 1], parts[p + 2] = ARGV[a], used, res_s
 end
 
 -- The first candidate that no HARD rule denies is granted.
@@ -122,10 +138,9 @@ for ci = 1, ncand do
   local o = cand_at + (ci - 1) * 6
   local t, c = tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3])
   local bad = nil
-  for k = 1, nrules do
-    local r = rules[k]
-    if r[CONSUMED] + (r[COST] and c or t) > r[LIMIT] and r[MODE] == 'h' then
-      bad = r
+  for k = 4, 4 * nrules, 4 do
+    if R[k] == 'h' and R[k - 2] + (R[k - 1] and c or t) > R[k - 3] then
+      bad = k / 4
       break
     end
   end
@@ -139,12 +154,7 @@ end
 -- The answer: its head, then per rule "<rule field> <rule value> <used>
 -- <reserved>" (before this charge), space-separated.
 local function answer(head)
-  local parts = {head, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F,
-    F, F, F, F, F, F, F, F, F, F, F, F}
-  for k = 1, nrules do
-    local r, m = rules[k], 3 * k - 1
-    parts[m], parts[m + 1], parts[m + 2] = r[DESC], r[USED], r[RESERVED]
-  end
+  parts[1] = head
   return table.concat(parts, ' ', 1, 1 + 3 * nrules)
 end
 
@@ -155,7 +165,7 @@ end
 
 if granted == nil then
   local first = cand_at + 1
-  local vfield = string.match(violated[DESC], '^%S+')
+  local vfield = string.match(ARGV[rule_at + 3 * violated - 3], '^%S+')
   local resp = answer(table.concat({'d', ARGV[first], ARGV[first + 1], ARGV[first + 2],
     vfield}, ' '))
   call('HSET', req, 'kind', 'reserve', 'state', 'denied', 'fp', ARGV[2], 'resp', resp)
@@ -166,49 +176,62 @@ if granted == nil then
   return {'denied', resp}
 end
 
--- Charge: reserved += the grant on every level of both windows. HINCRBY
--- with the amounts as given: Redis adds integers faster than Lua converts.
-local tokens_s, cost_s = ARGV[granted + 2], ARGV[granted + 3]
-local function charge(key, exp_s)
-  local fresh = false
-  for at = charge_at, charge_at + 2 * n - 1, 2 do
-    if g_t ~= 0 and call('HINCRBY', key, ARGV[at], tokens_s) == g_t then fresh = true end
-    if g_c ~= 0 and call('HINCRBY', key, ARGV[at + 1], cost_s) == g_c then fresh = true end
+-- Charge: reserved += the grant on every level of both windows, all of a
+-- window's counters in one HSET (they were read above, in this same atomic
+-- step): one command instead of one HINCRBY per counter. '%d' prints an
+-- integral double below 2^53 exactly, and faster than '%.0f'.
+local fmt = string.format
+local function charge(key, res, exp_s)
+  local f, added = res_at, nil
+  if n2 == 6 then
+    added = call('HSET', key, ARGV[f], fmt('%d', res[1] + g_t), ARGV[f + 1],
+      fmt('%d', res[2] + g_c), ARGV[f + 2], fmt('%d', res[3] + g_t), ARGV[f + 3],
+      fmt('%d', res[4] + g_c), ARGV[f + 4], fmt('%d', res[5] + g_t), ARGV[f + 5],
+      fmt('%d', res[6] + g_c))
+  elseif n2 == 4 then
+    added = call('HSET', key, ARGV[f], fmt('%d', res[1] + g_t), ARGV[f + 1],
+      fmt('%d', res[2] + g_c), ARGV[f + 2], fmt('%d', res[3] + g_t), ARGV[f + 3],
+      fmt('%d', res[4] + g_c))
+  else
+    added = call('HSET', key, ARGV[f], fmt('%d', res[1] + g_t), ARGV[f + 1],
+      fmt('%d', res[2] + g_c))
   end
-  -- A field that starts at the grant may be in a new key: give it its expiry.
-  if fresh then call('EXPIREAT', key, exp_s) end
+  -- A new field may be in a new key: give it its expiry.
+  if added > 0 then call('EXPIREAT', key, exp_s) end
 end
-charge(KEYS[4], ARGV[9])
-charge(KEYS[5], ARGV[10])
+charge(KEYS[4], dres, ARGV[9])
+charge(KEYS[5], mres, ARGV[10])
 
 -- Alerts: SOFT/SHADOW rules crossed, then thresholds reached after the charge.
 -- Rare: the tables the alert helpers read are built only then.
 local alerts, ctx = nil, nil
-local function alerting(r)
+local function alerting(k)
   if not alerts then
     alerts, ctx = {}, {stream = KEYS[9], now_ms = ARGV[5], rid = ARGV[1]}
   end
-  local path, w, u, ths = string.match(r[DESC], '^(%S+)|(%a)|(%a) %d+|%a|(.*)$')
+  local path, w, u, ths = string.match(ARGV[rule_at + 3 * k - 3],
+    '^(%S+)|(%a)|(%a) %d+|%a|(.*)$')
   local day = w == 'd'
   return {path = path, u = u, w = w, wid = day and ARGV[7] or ARGV[8],
     fired = day and KEYS[7] or KEYS[8], exp = day and ARGV[9] or ARGV[10],
-    limit = r[LIMIT], mode = r[MODE], ths = ths}
+    limit = R[4 * k - 3], mode = R[4 * k], ths = ths}
 end
 local would_deny = false
 for k = 1, nrules do
-  local r = rules[k]
-  r[CONSUMED] = r[CONSUMED] + (r[COST] and g_c or g_t)
-  if r[CONSUMED] > r[LIMIT] and r[MODE] ~= 'h' then
-    if r[MODE] == 'w' then would_deny = true end
-    local named = alerting(r)
-    crossing_alert(ctx, named, r[CONSUMED], alerts)
+  local o = 4 * k - 4
+  local consumed = R[o + 2] + (R[o + 3] and g_c or g_t)
+  R[o + 2] = consumed
+  if consumed > R[o + 1] and R[o + 4] ~= 'h' then
+    if R[o + 4] == 'w' then would_deny = true end
+    local named = alerting(k)  -- sets ctx: before the call reads it
+    crossing_alert(ctx, named, consumed, alerts)
   end
 end
 for k = 1, nrules do
-  local r = rules[k]
-  if r[LOW] and r[CONSUMED] >= r[LOW] then
-    local named = alerting(r)
-    rule_thresholds(ctx, named, r[CONSUMED], alerts)
+  local low = ARGV[rule_at + 3 * k - 1]
+  if low ~= '' and R[4 * k - 2] >= tonumber(low) then
+    local named = alerting(k)
+    rule_thresholds(ctx, named, R[4 * k - 2], alerts)
   end
 end
 
