@@ -83,3 +83,28 @@ def test_setting_the_same_rule_again_changes_nothing(
     assert r.hget("bd:{acme}:cfg", "rgen") == gen
     admin_b.set_budget("acme", "day", "tokens", 9_000)
     assert int(r.hget("bd:{acme}:cfg", "rgen") or 0) == int(gen or 0) + 1
+
+
+def test_the_orgs_a_replica_remembers_are_bounded_and_every_org_still_reaches_the_sweeper(
+        r: redis.Redis, redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch) -> None:
+    from budgetd import ledger as ledger_mod
+
+    monkeypatch.setattr(ledger_mod, "MAX_KNOWN_ORGS", 3)
+    settings = Settings(listen="127.0.0.1:0", redis_url=redis_server.url, redis_timeout_s=5.0)
+    thread = ServerThread(settings, ManualClock(ms(T0))).start()
+    try:
+        with BudgetClient(thread.address, policy=POLICY) as client, \
+                AdminClient(thread.address, policy=POLICY) as admin:
+            set_test_pricing(admin)
+            orgs = [f"org{i}" for i in range(10)]
+            for org in orgs:
+                assert client.reserve(f"{org}/t", TEST_MODEL, tokens=1, cost_micros=1).allowed
+            # The expiry sweeper walks bd:orgs: every org is there.
+            assert {m.decode() for m in r.smembers("bd:orgs")} == set(orgs)
+            assert len(thread.app.ledger._known_orgs) <= 3
+            # An org the replica forgot is noted again when it comes back.
+            r.delete("bd:orgs")
+            assert client.reserve("org0/t", TEST_MODEL, tokens=1, cost_micros=1).allowed
+            assert r.sismember("bd:orgs", "org0")
+    finally:
+        thread.stop()

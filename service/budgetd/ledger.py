@@ -124,6 +124,9 @@ def usage_split(u: UsageTokens) -> tuple[int, int, int, int]:
 # (second, org) pairs the frequent expiry sweep keeps per process; past this
 # new ones are left to the full walk (expire_all).
 MAX_DUE_ENTRIES = 1_000_000
+# Orgs this process remembers having added to bd:orgs; past this it starts
+# over (adding an org again is one idempotent SADD).
+MAX_KNOWN_ORGS = 1_000_000
 
 # What a Reserve retry must repeat, in the order of its fingerprint.
 FINGERPRINT_FIELDS = ("scope", "model", "estimate", "ttl_seconds", "fallback_models", "batch")
@@ -265,7 +268,7 @@ class Ledger:
         new = [o for o in orgs if o not in self._known_orgs]
         if new:
             await self.redis.sadd(w.ORGS_KEY, *new)
-            self._known_orgs.update(new)
+            self._remember_orgs(new)
         cold = [o for o in orgs if self._cached(o) is None]
         if cold:
             self._cache_orgs(await orgcache.load(self.redis, cold))
@@ -281,7 +284,12 @@ class Ledger:
         # slot than the org's keys, so it is written before the script runs.
         if org not in self._known_orgs:
             await self.redis.sadd(w.ORGS_KEY, org)
-            self._known_orgs.add(org)
+            self._remember_orgs([org])
+
+    def _remember_orgs(self, orgs: list[str]) -> None:
+        if len(self._known_orgs) + len(orgs) > MAX_KNOWN_ORGS:
+            self._known_orgs.clear()
+        self._known_orgs.update(orgs)
 
     def _at(self, ms: int) -> dt.datetime:
         return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
