@@ -88,6 +88,18 @@ def workers_count(text: str) -> int:
     return n
 
 
+def positive_seconds(text: str) -> float:
+    """argparse type of an interval: a number of seconds > 0 (0 would make
+    the loop that uses it spin)."""
+    try:
+        v = float(text.strip())
+    except ValueError:
+        v = 0.0
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return v
+
+
 _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("listen", "BUDGETD_LISTEN", str, "gRPC listen address host:port"),
     ("redis_url", "BUDGETD_REDIS_URL", str,
@@ -95,9 +107,9 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "redis+sentinel://host:port[,host:port]/service[/db]; empty: start an embedded Redis"),
     ("data_dir", "BUDGETD_DATA_DIR", str, "data dir of the embedded Redis"),
     ("redis_timeout_s", "BUDGETD_REDIS_TIMEOUT_S", float, "timeout of each Redis command (s)"),
-    ("expiry_interval_s", "BUDGETD_EXPIRY_INTERVAL_S", float,
+    ("expiry_interval_s", "BUDGETD_EXPIRY_INTERVAL_S", positive_seconds,
      "how often expired reservations are swept in the orgs this process reserved in (s)"),
-    ("expiry_full_sweep_s", "BUDGETD_EXPIRY_FULL_SWEEP_S", float,
+    ("expiry_full_sweep_s", "BUDGETD_EXPIRY_FULL_SWEEP_S", positive_seconds,
      "how often every org is swept, also those of a replica that died (s)"),
     ("drain_s", "BUDGETD_DRAIN_S", float, "graceful shutdown drain time (s)"),
     ("log_level", "BUDGETD_LOG_LEVEL", str, "DEBUG, INFO, WARNING, ERROR"),

@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -239,6 +240,8 @@ class Ledger:
         # whose second has come (expire_active).
         self._due: dict[int, set[str]] = {}
         self._due_entries = 0
+        # Where the walk over every org (expire_walk) resumes: an SSCAN cursor.
+        self._walk_cursor = 0
 
     # -- helpers -----------------------------------------------------------
 
@@ -613,6 +616,24 @@ class Ledger:
             total += await self._expire_orgs([text(o) for o in raw])
             if int(cursor) == 0:
                 return total
+
+    async def expire_walk(self, share: float) -> int:
+        """The next `share` (0 < share <= 1) of the walk over every org in
+        bd:orgs, from where the previous step stopped; a step that completes
+        the walk ends there. Spread over the full-sweep period, not one burst:
+        the walk costs this process ~14 µs of CPU per org, 1.4 s at 100,000
+        orgs, which in one piece stalls every call on the event loop."""
+        assert 0 < share <= 1, share
+        want = max(1, math.ceil(int(await self.redis.scard(w.ORGS_KEY)) * share))
+        total = seen = 0
+        while seen < want:
+            self._walk_cursor, raw = await self.redis.sscan(
+                w.ORGS_KEY, cursor=self._walk_cursor, count=min(500, want - seen))
+            seen += len(raw)
+            total += await self._expire_orgs([text(o) for o in raw])
+            if int(self._walk_cursor) == 0:
+                break
+        return total
 
     async def expire_active(self) -> int:
         """One sweep over the orgs where a reservation this process granted

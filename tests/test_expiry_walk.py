@@ -1,0 +1,66 @@
+"""The walk over every org that expires reservations a replica did not grant
+itself (its granter died): spread over the full-sweep period, a share per
+expiry interval, and complete within the period."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import redis
+from budgetd.clock import ManualClock
+from budgetd.config import Settings
+from budgetd.embedded import EmbeddedRedis
+from budgetd.server import ServerThread
+from budgetd_client import BudgetClient, CallPolicy, Reservation
+from conftest import T0, ms
+
+ORGS = 400
+SHARE = 0.25
+
+
+def test_the_walk_expires_every_org_in_shares(r: redis.Redis,
+                                               redis_server: EmbeddedRedis) -> None:
+    clock = ManualClock(ms(T0))
+    # The background loop runs once at start, then sleeps past the test: the
+    # test drives the walk itself.
+    settings = Settings(listen="127.0.0.1:0", redis_url=redis_server.url,
+                        expiry_interval_s=3600, redis_timeout_s=5.0)
+    thread = ServerThread(settings, clock).start()
+    try:
+        ledger = thread.app.ledger
+        assert ledger is not None
+        with BudgetClient(thread.address,
+                          policy=CallPolicy(timeout_s=30, total_timeout_s=60)) as client:
+            out = client.reserve_batch([{"scope": f"w{i}/t", "model": "m", "tokens": 5,
+                                         "cost_micros": 1, "ttl_seconds": 1}
+                                        for i in range(ORGS)])
+            assert all(isinstance(x, Reservation) and x.allowed for x in out)
+        clock.advance_s(2)
+
+        first = int(thread.call(ledger.expire_walk(SHARE)))
+        # One step visits about a share of the orgs, not all of them.
+        assert 0 < first <= ORGS // 2, first
+        total, steps = first, 1
+        while total < ORGS:
+            total += int(thread.call(ledger.expire_walk(SHARE)))
+            steps += 1
+            assert steps <= math.ceil(1 / SHARE) + 1, (steps, total)
+        assert total == ORGS
+        assert all(r.zcard(f"bd:{{w{i}}}:exp") == 0 for i in range(ORGS))
+        assert all(int(r.hget(f"bd:{{w{i}}}:w:d20270315", "r|w{i}/t|t") or 0) == 0
+                   for i in range(ORGS))
+    finally:
+        thread.stop()
+
+
+@pytest.mark.parametrize("flag", ["--expiry-interval-s", "--expiry-full-sweep-s"])
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_an_interval_that_is_not_positive_exits_2_naming_the_flag(flag: str,
+                                                                   value: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "budgetd.cli", "serve", flag, value],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert f"argument {flag}: expected a number of seconds > 0" in proc.stderr
