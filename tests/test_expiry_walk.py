@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import time
 
 import pytest
 import redis
@@ -15,6 +16,7 @@ from budgetd.config import Settings
 from budgetd.embedded import EmbeddedRedis
 from budgetd.server import ServerThread
 from budgetd_client import BudgetClient, CallPolicy, Reservation
+from cluster import wait_until
 from conftest import T0, ms
 
 ORGS = 400
@@ -64,3 +66,38 @@ def test_an_interval_that_is_not_positive_exits_2_naming_the_flag(flag: str,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert f"argument {flag}: expected a number of seconds > 0" in proc.stderr
+
+
+def test_one_process_of_all_replicas_walks_and_another_takes_over_when_it_stops(
+        r: redis.Redis, redis_server: EmbeddedRedis) -> None:
+    """Each walk costs Redis a command per org: with N replicas walking it
+    would cost N times that. One holds the lease; when it stops renewing,
+    another walks within the lease (1 s at an expiry interval of 0.2 s)."""
+    clock = ManualClock(ms(T0))
+    settings = Settings(listen="127.0.0.1:0", redis_url=redis_server.url,
+                        expiry_interval_s=0.2, expiry_full_sweep_s=0.4, redis_timeout_s=5.0)
+    a = ServerThread(settings, clock).start()
+    b = ServerThread(settings, clock).start()
+    stopped = []
+    try:
+        wait_until(lambda: r.get("bd:walker") is not None, 10, "a walker")
+        holder = r.get("bd:walker")
+        time.sleep(1.0)  # five renewals later: still the same holder
+        assert r.get("bd:walker") == holder
+        walker = a if holder == a.app.walker_id.encode() else b
+        assert holder in (a.app.walker_id.encode(), b.app.walker_id.encode())
+        # The other replica's reservations are left to the walk once the
+        # walker stops: the survivor must take the walk over.
+        with BudgetClient(walker.address, policy=CallPolicy(timeout_s=10)) as client:
+            got = client.reserve("gone/t", "m", tokens=7, cost_micros=1, ttl_seconds=1)
+            assert got.allowed
+        walker.stop()
+        stopped.append(walker)
+        clock.advance_s(2)
+        wait_until(lambda: r.zcard("bd:{gone}:exp") == 0, 10, "the survivor's walk")
+        assert r.get("bd:walker") != holder
+        assert int(r.hget("bd:{gone}:w:d20270315", "r|gone/t|t") or 0) == 0
+    finally:
+        for t in (a, b):
+            if t not in stopped:
+                t.stop()

@@ -125,6 +125,9 @@ def usage_split(u: UsageTokens) -> tuple[int, int, int, int]:
 # (second, org) pairs the frequent expiry sweep keeps per process; past this
 # new ones are left to the full walk (expire_all).
 MAX_DUE_ENTRIES = 1_000_000
+# The walk lease (hold_walk) lasts at most this long: a dead holder's walk is
+# taken over within it.
+MAX_WALK_LEASE_MS = 3_600_000
 # Orgs this process remembers having added to bd:orgs; past this it starts
 # over (adding an org again is one idempotent SADD).
 MAX_KNOWN_ORGS = 1_000_000
@@ -616,6 +619,13 @@ class Ledger:
             total += await self._expire_orgs([text(o) for o in raw])
             if int(cursor) == 0:
                 return total
+
+    async def hold_walk(self, owner: str, lease_ms: int) -> bool:
+        """Takes or renews the lease on the walk over every org: True if
+        `owner` holds it (walks), False if another process does."""
+        assert 0 < lease_ms <= MAX_WALK_LEASE_MS, lease_ms
+        return bool(await self.scripts.walker(self.redis, [w.WALKER_KEY], [owner, lease_ms],
+                                             batched=False))
 
     async def expire_walk(self, share: float) -> int:
         """The next `share` (0 < share <= 1) of the walk over every org in

@@ -72,11 +72,14 @@ class Script:
         # The label never changes: look the child up once, not per call.
         self._latency = metrics.REDIS_SCRIPT_LATENCY.labels(name)
 
-    async def __call__(self, client: Any, keys: list[str], args: list[str | int]) -> Any:
+    async def __call__(self, client: Any, keys: list[str], args: list[str | int], *,
+                       batched: bool = True) -> Any:
+        """batched=False: straight to Redis, not through the batcher (a
+        background call, kept out of the request pipelines and their stats)."""
         start = time.perf_counter()
         b = self.batcher
         try:
-            if b is not None and client is b.redis:
+            if batched and b is not None and client is b.redis:
                 return await b.call(self, keys, args)
             try:
                 return await client.evalsha(self.sha, len(keys), *keys, *args)
@@ -124,6 +127,7 @@ class Scripts:
         self.expire = Script("expire")
         self.drift_alert = Script("drift_alert")
         self.rules = Script("rules")
+        self.walker = Script("walker")
 
     def attach(self, batcher: ScriptBatcher | None) -> None:
         """Route every script call on `batcher.redis` through the batcher
@@ -133,4 +137,4 @@ class Scripts:
 
     def all(self) -> list[Script]:
         return [self.reserve, self.settle, self.record, self.expire, self.drift_alert,
-                self.rules]
+                self.rules, self.walker]

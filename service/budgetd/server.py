@@ -8,9 +8,12 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import socket
 import threading
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -28,7 +31,7 @@ from budgetd.config import Settings
 from budgetd.drift import DriftChecker, DriftConfig
 from budgetd.embedded import EmbeddedRedis
 from budgetd.interceptors import CallHooks, ServiceRegistrar
-from budgetd.ledger import Ledger, PricingSource
+from budgetd.ledger import MAX_WALK_LEASE_MS, Ledger, PricingSource
 from budgetd.redis_conn import connect_redis
 from budgetd.service import BudgetAdminService, BudgetService
 from budgetd.tls import server_credentials
@@ -66,6 +69,9 @@ class App:
     # only worker 0 runs them: N sweepers or senders would duplicate work
     # (and webhook POSTs).
     background_jobs: bool = True
+    # This process's name in the walk lease (bd:walker), unique among replicas.
+    walker_id: str = field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
 
     async def start(self) -> None:
         s = self.settings
@@ -201,16 +207,21 @@ class App:
     async def _sweep_loop(self) -> None:
         """Expiry happens here, with or without traffic: every interval in the
         orgs this process reserved in, and, in the process that runs the
-        background jobs, a share of the walk over every org, so that each
-        full-sweep period visits them all (a replica that died leaves its
-        reservations to the others). Walking every org every second would
+        background jobs and holds the walk lease (one of all replicas), a
+        share of the walk over every org, so that each full-sweep period
+        visits them all (a replica that died leaves its reservations to the
+        others). Walking every org every second would
         cost a busy event loop at 100k orgs."""
         assert self.ledger is not None
-        share = min(1.0, self.settings.expiry_interval_s / self.settings.expiry_full_sweep_s)
+        interval_s = self.settings.expiry_interval_s
+        share = min(1.0, interval_s / self.settings.expiry_full_sweep_s)
+        # One walker among all replicas: renewed every interval, taken over by
+        # another process when it lapses.
+        lease_ms = min(MAX_WALK_LEASE_MS, max(1000, int(3000 * interval_s)))
         while True:
             try:
                 n = await self.ledger.expire_active()
-                if self.background_jobs:
+                if self.background_jobs and await self.ledger.hold_walk(self.walker_id, lease_ms):
                     n += await self.ledger.expire_walk(share)
                 if n:
                     metrics.EXPIRED_RESERVATIONS.inc(n)

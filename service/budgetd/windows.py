@@ -13,6 +13,8 @@ from budgetd.limits import DAY_RETENTION_S, MONTH_RETENTION_S
 
 PREFIX = "bd"
 ORGS_KEY = f"{PREFIX}:orgs"
+# Who walks every org for expiry (scripts/walker.lua).
+WALKER_KEY = f"{PREFIX}:walker"
 PRICING_KEY = f"{PREFIX}:pricing"
 
 
