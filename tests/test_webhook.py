@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
+from budgetd import metrics
 from budgetd.clock import ManualClock
 from budgetd.config import Settings
 from budgetd.embedded import EmbeddedRedis
@@ -80,6 +81,45 @@ def wait_for(cond: Any, timeout_s: float = 20) -> None:
         time.sleep(0.02)
 
 
+def deliveries() -> dict[str, float]:
+    """budgetd_alert_deliveries_total by result, from the process's registry
+    (the server threads of these tests share it)."""
+    return {result: metrics.REGISTRY.get_sample_value("budgetd_alert_deliveries_total",
+                                                      {"result": result}) or 0.0
+            for result in ("ok", "retry", "failed", "too_old")}
+
+
+def test_an_alert_older_than_the_max_age_is_skipped_and_counted(
+        hook: Hook, r: redis.Redis, redis_server: EmbeddedRedis) -> None:
+    """--webhook-max-age-s: an alert fired long before (the stream's history
+    when a webhook is first configured, or a pile-up after a long outage) is
+    acknowledged without a POST and counted as too_old; a fresh one is sent."""
+    r.sadd("bd:orgs", "acme")
+    r.xadd(STREAM, {"kind": "threshold", "path": "acme/search", "w": "d", "u": "t",
+                    "mode": "h", "th": "50", "limit": "1000", "consumed": "600",
+                    "wid": "d20270315", "at": "1000", "rid": "old"}, id="1000-0")
+    settings = Settings(listen="127.0.0.1:0", redis_url=redis_server.url, redis_timeout_s=5.0,
+                        webhook_url=hook.url, webhook_backoff_s=0.05,
+                        webhook_poll_interval_s=0.05, webhook_max_age_s=3600)
+    thread = ServerThread(settings, ManualClock(ms(T0))).start()
+    policy = CallPolicy(timeout_s=10, total_timeout_s=20, retries=0)
+    before = deliveries()
+    try:
+        with AdminClient(thread.address, policy=policy) as admin, \
+                BudgetClient(thread.address, policy=policy) as client:
+            set_test_pricing(admin)
+            admin.set_budget("acme/search", "day", "tokens", 1000, alert_thresholds_percent=[90])
+            res = client.reserve("acme/search", TEST_MODEL, tokens=950, cost_micros=1)
+        wait_for(lambda: len(hook.delivered()) == 1)
+        time.sleep(0.3)
+        assert [d["alert"]["id"] for d in hook.delivered()] == [a.id for a in res.raw.alerts]
+        assert r.xpending(STREAM, GROUP)["pending"] == 0
+        after = deliveries()
+        assert (after["too_old"] - before["too_old"], after["ok"] - before["ok"]) == (1, 1)
+    finally:
+        thread.stop()
+
+
 def test_server_posts_each_alert_once_with_retries_and_backoff(
         hook: Hook, r: redis.Redis, redis_server: EmbeddedRedis) -> None:
     settings = Settings(listen="127.0.0.1:0", redis_url=redis_server.url, redis_timeout_s=5.0,
@@ -89,6 +129,7 @@ def test_server_posts_each_alert_once_with_retries_and_backoff(
     policy = CallPolicy(timeout_s=10, total_timeout_s=20, retries=0)
     admin = AdminClient(thread.address, policy=policy)
     client = BudgetClient(thread.address, policy=policy)
+    before = deliveries()
     try:
         set_test_pricing(admin)
         admin.set_budget("acme/search", "day", "tokens", 1000, alert_thresholds_percent=[50, 90])
@@ -122,6 +163,10 @@ def test_server_posts_each_alert_once_with_retries_and_backoff(
         webhook = thread.app.webhook
         assert webhook is not None
         assert (webhook.delivered, webhook.failed_attempts) == (2, 3)
+        # The deliveries metric (budgetd_alert_deliveries_total) counts them.
+        after = deliveries()
+        assert {k: after[k] - before[k] for k in after} == {
+            "ok": 2, "retry": 3, "failed": 0, "too_old": 0}
     finally:
         client.close()
         admin.close()

@@ -52,6 +52,9 @@ class Settings:
     webhook_max_attempts: int = 6
     webhook_backoff_s: float = 0.5
     webhook_poll_interval_s: float = 1.0
+    # Alerts older than this are acknowledged unsent (a stream's history when
+    # a webhook is first configured, or what piled up in a long outage).
+    webhook_max_age_s: float = 86_400.0
     # Scheduled drift check (docs/drift.md); empty provider: off.
     drift_provider: str = ""
     drift_mapping_file: str = ""
@@ -138,6 +141,8 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "first retry delay (s), doubled per attempt"),
     ("webhook_poll_interval_s", "BUDGETD_WEBHOOK_POLL_INTERVAL_S", float,
      "how often the alert streams are read for the webhook (s)"),
+    ("webhook_max_age_s", "BUDGETD_WEBHOOK_MAX_AGE_S", positive_seconds,
+     "alerts older than this are skipped, not POSTed (counted as too_old) (s)"),
     ("drift_provider", "BUDGETD_DRIFT_PROVIDER", str,
      "scheduled drift check against anthropic or openai (admin key from "
      "ANTHROPIC_ADMIN_KEY / OPENAI_ADMIN_KEY); empty: off"),

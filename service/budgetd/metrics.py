@@ -42,7 +42,9 @@ REDIS_SCRIPT_ERRORS = Counter(
 EXPIRED_RESERVATIONS = Counter(
     "budgetd_reservations_expired", "Reservations expired by the server's sweeper",
     registry=REGISTRY)
-# Incremented by the alert webhook sender: result is 'ok', 'retry' or 'failed'.
+# Incremented by the alert webhook sender, per POST attempt: 'ok', 'retry' (failed,
+# will retry), 'failed' (the last attempt failed: retried at the next poll); and
+# 'too_old' per alert skipped unsent (older than the sender's max age).
 ALERT_DELIVERIES = Counter(
     "budgetd_alert_deliveries", "Alert webhook delivery attempts, by result",
     ["result"], registry=REGISTRY)

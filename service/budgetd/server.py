@@ -155,7 +155,7 @@ class App:
             self.webhook = WebhookSender(self.redis, WebhookConfig(
                 url=s.webhook_url, timeout_s=s.webhook_timeout_s,
                 max_attempts=s.webhook_max_attempts, backoff_s=s.webhook_backoff_s,
-                poll_interval_s=s.webhook_poll_interval_s))
+                poll_interval_s=s.webhook_poll_interval_s, max_age_s=s.webhook_max_age_s))
             self._tasks.append(asyncio.create_task(self.webhook.run()))
             log.info("alert webhook enabled")  # Never the URL: it often holds a secret.
         if self.drift is not None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
+from budgetd import metrics
 from budgetd import windows as w
 from budgetd.alerts import Alert, alerts_key
 from budgetd.codec import text
@@ -59,7 +60,7 @@ class WebhookConfig:
     poll_interval_s: float = 1.0
     # Older alerts are acknowledged without a POST: when the webhook is first
     # configured, the capped stream's history is not replayed to the channel.
-    max_age_s: float = 3600.0
+    max_age_s: float = 86_400.0
 
 
 def payload(org: str, a: Alert) -> dict[str, Any]:
@@ -181,6 +182,7 @@ class WebhookSender:
             age_s = time.time() - int(a.id.split("-")[0]) / 1000
             if age_s > self.config.max_age_s:
                 self.skipped_old += 1
+                metrics.ALERT_DELIVERIES.labels("too_old").inc()
                 await self.redis.xack(key, GROUP, a.id)
                 continue
             if not await self._deliver(org, a):
@@ -197,6 +199,8 @@ class WebhookSender:
                 await asyncio.to_thread(post_json, c.url, body, c.timeout_s)
             except WebhookError as e:
                 self.failed_attempts += 1
+                last = attempt + 1 == c.max_attempts
+                metrics.ALERT_DELIVERIES.labels("failed" if last else "retry").inc()
                 delay = min(c.backoff_s * 2 ** attempt, c.backoff_max_s)
                 log.warning("webhook POST failed", extra={"alert_id": a.id, "org": org,
                                                           "attempt": attempt + 1,
@@ -205,5 +209,6 @@ class WebhookSender:
                     await self._sleep(delay)
                 continue
             self.delivered += 1
+            metrics.ALERT_DELIVERIES.labels("ok").inc()
             return True
         return False
