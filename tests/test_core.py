@@ -76,6 +76,21 @@ def test_levels_without_rules_accumulate(b: Budgetd) -> None:
     assert b.client.get_budget("acme/t2").get("day", "tokens").used == 0
 
 
+def test_counters_past_2_53_are_still_charged_exactly(b: Budgetd, r: redis.Redis) -> None:
+    """Lua numbers are doubles: a reserved counter that no HARD rule caps may
+    grow past 2^53, where a double cannot hold every integer. Such a counter
+    is charged with Redis's 64-bit HINCRBY, exactly."""
+    b.admin.set_budget("acme/t1", "day", "tokens", 1_000_000)
+    huge = 2**53 + 1
+    for key in ("bd:{acme}:w:d20270315", "bd:{acme}:w:m202703"):
+        r.hset(key, mapping={"r|acme|t": huge, "r|acme|c": huge})
+    res = b.client.reserve("acme/t1", TEST_MODEL, tokens=5, cost_micros=3)
+    assert res.allowed
+    for key in ("bd:{acme}:w:d20270315", "bd:{acme}:w:m202703"):
+        assert r.hmget(key, "r|acme|t", "r|acme|c", "r|acme/t1|t", "r|acme/t1|c") == [
+            str(huge + 5).encode(), str(huge + 3).encode(), b"5", b"3"]
+
+
 def test_remaining_reported_per_level_window_unit(b: Budgetd) -> None:
     b.admin.set_budget("acme", "month", "tokens", 10_000)
     b.admin.set_budget("acme/t1", "day", "cost_micros", 9_000)

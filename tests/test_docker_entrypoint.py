@@ -141,3 +141,37 @@ def test_entrypoint_serves_and_stops_on_sigterm(installed_venv: pathlib.Path,
     messages = [r.get("msg") or r.get("message") for r in records]
     assert "budgetd serving" in messages and "shutting down" in messages, out[-3000:]
     assert not any(r.get("level") in ("error", "critical") for r in records), out[-3000:]
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The BUDGETD_* variables the Dockerfile's runtime stage sets."""
+    text = (ROOT / "Dockerfile").read_text().split("AS runtime", 1)[1]
+    return dict(re.findall(r"(BUDGETD_[A-Z_]+)=(\S+)", text.split("RUN", 1)[0]))
+
+
+def test_the_image_environment_without_tokens_refuses_and_says_what_to_set(
+        installed_venv: pathlib.Path, redis_url: str, tmp_path: pathlib.Path) -> None:
+    """Like the official Postgres image without a password: the image listens
+    on 0.0.0.0, so with no auth tokens `docker run` stops at once with a
+    message naming the settings; BUDGETD_INSECURE_NO_AUTH=1 (a trusted
+    network, as the Helm chart sets with auth off) serves."""
+    image = dockerfile_env()
+    assert image["BUDGETD_LISTEN"] == "0.0.0.0:50051"
+    port, metrics_port = free_port(), free_port()
+    env = {**image, "PATH": f"{installed_venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path),
+           "BUDGETD_LISTEN": f"0.0.0.0:{port}", "BUDGETD_METRICS_LISTEN": f"0.0.0.0:{metrics_port}",
+           "BUDGETD_REDIS_URL": redis_url, "BUDGETD_DATA_DIR": str(tmp_path / "data")}
+    refused = subprocess.run(["budgetd", "serve"], cwd=tmp_path, env=env, text=True,
+                             capture_output=True, timeout=60)
+    assert refused.returncode == 2, refused.stderr
+    for needle in ("refusing to serve on 0.0.0.0", "BUDGETD_AUTH_TOKENS_FILE",
+                   "BUDGETD_INSECURE_NO_AUTH=1"):
+        assert needle in refused.stderr
+    proc = subprocess.Popen(["budgetd", "serve"], cwd=tmp_path,
+                            env={**env, "BUDGETD_INSECURE_NO_AUTH": "1"}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_serving(f"127.0.0.1:{port}", proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=DRAIN_S + 15)

@@ -105,8 +105,14 @@ local mv = call('HMGET', KEYS[5], unpack(ARGV, res_at, rule_at - 1))
 -- costs more than all the arithmetic here. A scope has at most 12 rules.
 local F = false
 local dres, mres = {0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0}
+-- A counter past 2^52 (only where no HARD rule caps it) is charged with
+-- HINCRBY below: its sum with an amount (<= 2^40) could leave the doubles'
+-- exact range, and Redis adds 64-bit integers exactly.
+local big = false
 for i = 1, n2 do
-  dres[i], mres[i] = (dv[nday + i] or 0) + 0, (mv[i] or 0) + 0
+  local d, m = (dv[nday + i] or 0) + 0, (mv[i] or 0) + 0
+  dres[i], mres[i] = d, m
+  if d > 4.5e15 or m > 4.5e15 then big = true end
 end
 
 -- Rule k: limit, consumed (used + reserved), unit is cost, mode at R[4k-3..4k];
@@ -186,7 +192,13 @@ end
 local fmt = string.format
 local function charge(key, res, exp_s)
   local f, added = res_at, nil
-  if n2 == 6 then
+  if big then
+    added = 0
+    for at = f, f + n2 - 1, 2 do
+      if call('HINCRBY', key, ARGV[at], ARGV[granted + 2]) == g_t then added = 1 end
+      if call('HINCRBY', key, ARGV[at + 1], ARGV[granted + 3]) == g_c then added = 1 end
+    end
+  elseif n2 == 6 then
     added = call('HSET', key, ARGV[f], fmt('%d', res[1] + g_t), ARGV[f + 1],
       fmt('%d', res[2] + g_c), ARGV[f + 2], fmt('%d', res[3] + g_t), ARGV[f + 3],
       fmt('%d', res[4] + g_c), ARGV[f + 4], fmt('%d', res[5] + g_t), ARGV[f + 5],
