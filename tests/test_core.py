@@ -91,6 +91,17 @@ def test_counters_past_2_53_are_still_charged_exactly(b: Budgetd, r: redis.Redis
             str(huge + 5).encode(), str(huge + 3).encode(), b"5", b"3"]
 
 
+def test_window_counters_outlive_their_window_for_reports(b: Budgetd, r: redis.Redis) -> None:
+    """Day counters are kept >= 35 days after their day, month counters >= 13
+    months after their month (reports read them), then Redis drops them."""
+    assert b.client.reserve("acme/t1", TEST_MODEL, tokens=5, cost_micros=3).allowed
+    utc = dt.timezone.utc
+    day_end = dt.datetime(2027, 3, 16, tzinfo=utc).timestamp()
+    month_end = dt.datetime(2027, 4, 1, tzinfo=utc).timestamp()
+    assert r.expiretime("bd:{acme}:w:d20270315") == day_end + 36 * 86_400
+    assert r.expiretime("bd:{acme}:w:m202703") == month_end + 400 * 86_400
+
+
 def test_remaining_reported_per_level_window_unit(b: Budgetd) -> None:
     b.admin.set_budget("acme", "month", "tokens", 10_000)
     b.admin.set_budget("acme/t1", "day", "cost_micros", 9_000)
