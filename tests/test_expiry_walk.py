@@ -101,3 +101,36 @@ def test_one_process_of_all_replicas_walks_and_another_takes_over_when_it_stops(
         for t in (a, b):
             if t not in stopped:
                 t.stop()
+
+
+def test_each_expiry_run_does_bounded_work_per_org(r: redis.Redis,
+                                                   redis_server: EmbeddedRedis) -> None:
+    """One script call expires at most EXPIRE_BATCH reservations of an org
+    (a bounded Redis step), and the org is visited again for the rest."""
+    from budgetd.limits import EXPIRE_BATCH
+
+    clock = ManualClock(ms(T0))
+    settings = Settings(listen="127.0.0.1:0", redis_url=redis_server.url,
+                        expiry_interval_s=3600, redis_timeout_s=5.0)
+    thread = ServerThread(settings, clock).start()
+    try:
+        ledger = thread.app.ledger
+        assert ledger is not None
+        n = EXPIRE_BATCH + 50
+        with BudgetClient(thread.address,
+                          policy=CallPolicy(timeout_s=30, total_timeout_s=60)) as client:
+            out = client.reserve_batch([{"scope": "one/t", "model": "m", "tokens": 2,
+                                         "cost_micros": 1, "ttl_seconds": 1}
+                                        for _ in range(n)])
+            assert all(isinstance(x, Reservation) and x.allowed for x in out)
+        clock.advance_s(2)
+        r.config_resetstat()
+        assert thread.call(ledger.expire_org("one")) == EXPIRE_BATCH
+        assert r.zcard("bd:{one}:exp") == 50
+        # The sweep of the due second comes back for the rest.
+        assert thread.call(ledger.expire_active()) == 50
+        assert r.zcard("bd:{one}:exp") == 0
+        assert int(r.info("commandstats")["cmdstat_evalsha"]["calls"]) == 2
+        assert int(r.hget("bd:{one}:w:d20270315", "r|one/t|t") or 0) == 0
+    finally:
+        thread.stop()
