@@ -144,6 +144,14 @@ def test_admin_and_caller_roles(server: ServerThread, r: redis.Redis) -> None:
         adm.set_budget("orgb", "day", "tokens", 10)
     with pytest.raises(PermissionDenied):
         adm.list_budgets("orgb")
+    # Nor read another org's usage or alerts.
+    with pytest.raises(PermissionDenied):
+        adm.get_usage_report("orgb")
+    with pytest.raises(PermissionDenied):
+        list(adm.watch_alerts("orgb", timeout_s=5))
+    with pytest.raises(PermissionDenied):
+        adm.get_org_settings("orgb")
+    assert adm.get_usage_report("orga") is not None
     with pytest.raises(PermissionDenied, match="SetPricing"):
         set_test_pricing(adm)
     root = admin(server, ROOT)

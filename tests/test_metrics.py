@@ -16,7 +16,7 @@ from budgetd import metrics
 from budgetd.embedded import EmbeddedRedis
 from budgetd.logs import JsonFormatter
 from budgetd.server import ServerThread
-from budgetd_client import AdminClient, BudgetClient, CallPolicy, Unauthenticated
+from budgetd_client import AdminClient, BudgetClient, BudgetError, CallPolicy, Unauthenticated
 from helpers import TEST_MODEL, set_test_pricing
 from ops_support import start, write_tokens
 from prometheus_client.parser import text_string_to_metric_families
@@ -133,3 +133,22 @@ def test_grafana_dashboard_uses_only_exported_metrics() -> None:
         for suffix in ("", "_total", "_bucket", "_count", "_sum"):
             exported.add(fam.name + suffix)
     assert used and used <= exported, used - exported
+
+
+def test_a_failing_script_is_counted_and_answered_with_a_status(server: ServerThread,
+                                                                 r: redis.Redis) -> None:
+    """A script Redis rejects (here: a counters key of the wrong type, as a
+    damaged keyspace would hold) shows in budgetd_redis_script_errors_total
+    and the caller gets a gRPC error, not a hang or a wrong answer."""
+    port = server.app.metrics_server.port  # type: ignore[union-attr]
+    admin = AdminClient(server.address, token=TOKEN, policy=POLICY)
+    client = BudgetClient(server.address, token=TOKEN, policy=POLICY)
+    set_test_pricing(admin)
+    r.set("bd:{broken}:w:d20270315", "not a hash")
+    before = scrape(port)
+    with pytest.raises(BudgetError):
+        client.reserve("broken/t", TEST_MODEL, tokens=1, cost_micros=1)
+    after = scrape(port)
+    assert delta(before, after, "budgetd_redis_script_errors_total", script="reserve",
+                 kind="error") == 1
+    assert r.get("bd:{broken}:w:d20270315") == b"not a hash"
