@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import pytest
+from budgetd_client._proto.budget.v1 import admin_pb2 as apb
 from budgetd_client.cli.main import main
 from conftest import Budgetd
 from fake_admin_api import (
@@ -319,3 +320,109 @@ def test_scheduled_check_raises_a_drift_alert_once(
             assert kinds.count(b"drift") == 1
         finally:
             b.close()
+
+
+# --- model names: a provider's dated snapshot vs the caller's alias -----------------------
+
+
+def set_named_pricing(b: Budgetd, model: str, aliases: tuple[str, ...]) -> None:
+    """A real model's row (replacing the default one) at test-model's round
+    prices, so costs below are computed by hand."""
+    b.admin.set_pricing(apb.ModelPricing(
+        model=model, aliases=list(aliases), max_output_tokens=4096,
+        versions=[apb.PriceVersion(prices=apb.Prices(
+            input=1_000_000, output=2_000_000, cache_write_5m=1_250_000,
+            cache_write_1h=2_000_000, cache_read=100_000))]))
+
+
+# (provider, name the provider reports, name budgetd's callers used, canonical name).
+# The explicit aliases come from the pricing row; the other dated names resolve by
+# the server's rules only (OpenAI "-YYYY-MM-DD", Anthropic "-YYYYMMDD").
+NAME_CASES = [
+    ("openai", "gpt-4o-mini-2024-07-18", "gpt-4o-mini", "gpt-4o-mini"),
+    ("openai", "gpt-4o-mini", "gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+    ("openai", "gpt-4o-mini-2025-02-03", "GPT-4o-mini", "gpt-4o-mini"),
+    ("anthropic", "claude-sonnet-4-5-20250929", "claude-sonnet-4-5", "claude-sonnet-4-5"),
+    ("anthropic", "claude-sonnet-4-5", "claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
+    ("anthropic", "claude-sonnet-4-5-20260101", "anthropic/claude-sonnet-4.5",
+     "claude-sonnet-4-5"),
+]
+ALIASES = {"gpt-4o-mini": ("gpt-4o-mini-2024-07-18",),
+           "claude-sonnet-4-5": ("claude-sonnet-4-5-20250929",)}
+
+
+def usage_result(provider: str, model: str, input_tokens: int) -> dict[str, Any]:
+    if provider == "openai":
+        return openai_result(model, "proj_search", None, input_tokens=input_tokens)
+    return anthropic_result(model, "wrkspc_search", "apikey_a", uncached=input_tokens)
+
+
+@pytest.mark.parametrize("provider,reported,used,canonical", NAME_CASES)
+def test_dated_and_alias_names_are_one_model(budgetd: Budgetd, mapping_file: str,
+                                             provider: str, reported: str, used: str,
+                                             canonical: str) -> None:
+    set_named_pricing(budgetd, canonical, ALIASES[canonical])
+    # Day 1: budgetd saw all of it. Day 2: 1000 of 3000 input tokens (1 micro-USD each).
+    fx = Fixture()
+    usage = {D1: [usage_result(provider, reported, 1500)],
+             D2: [usage_result(provider, reported, 3000)]}
+    if provider == "openai":
+        fx.openai_usage = usage
+    else:
+        fx.anthropic_usage = usage
+        # The cost report names the model as the usage report does: it must
+        # reach the canonical row (0.3 cents = 3000 micro-USD).
+        fx.anthropic_costs = {D2: [{"amount": "0.3", "currency": "USD", "cost_type": "tokens",
+                                    "description": "x", "model": reported,
+                                    "workspace_id": "wrkspc_search", "token_type": None}]}
+    record(budgetd, "acme/search", D1, "n1", model=used, input_tokens=1000)
+    record(budgetd, "acme/search", D1, "n2", model=canonical, input_tokens=500)
+    record(budgetd, "acme/search", D2, "n3", model=used, input_tokens=1000)
+    month = budgetd.admin.get_usage_report("acme", "month", "team", "2027-03")
+    assert month.total.cost_micros == 2500
+    with FakeAdminAPI(fx) as api:
+        code, doc, err = drift(budgetd, api, mapping_file, provider)
+        assert code == 4, err
+        # One row per day, under the pricing table's name: no "missing" row for
+        # the provider's name next to an "extra" row for the caller's.
+        assert set(rows_by(doc)) == {("2027-03-01", "search", canonical),
+                                     ("2027-03-02", "search", canonical)}
+        d1 = rows_by(doc)[("2027-03-01", "search", canonical)]
+        assert d1["status"] == "ok" and d1["diff_tokens"] == 0 and d1["diff_cost_micros"] == 0
+        d2 = rows_by(doc)[("2027-03-02", "search", canonical)]
+        assert d2["status"] == "missing" and d2["diff_tokens"] == 2000
+        assert d2["diff_cost_micros"] == 2000 and d2["provider"]["cost_micros"] == 3000
+        assert d2["cost_source"] == ("cost_report" if provider == "anthropic" else "pricing")
+
+        code, doc, err = drift(budgetd, api, mapping_file, provider, "--record-missing")
+        assert code == 0, err
+        assert [(x["day"], x["model"], x["cost_micros"]) for x in doc["recorded"]] == [
+            ("2027-03-02", canonical, 2000)]
+        assert all(x["status"] == "ok" for x in doc["rows"])
+        month = budgetd.admin.get_usage_report("acme", "month", "team", "2027-03")
+        assert month.total.cost_micros == 2500 + 2000  # the shortfall, not the whole day again
+
+        code, doc, err = drift(budgetd, api, mapping_file, provider, "--record-missing")
+        assert code == 0 and doc["recorded"] == [], err
+    month = budgetd.admin.get_usage_report("acme", "month", "team", "2027-03")
+    assert month.total.cost_micros == 4500
+
+
+def test_unknown_dated_model_is_reported_as_written(budgetd: Budgetd,
+                                                   mapping_file: str) -> None:
+    set_named_pricing(budgetd, "gpt-4o-mini", ALIASES["gpt-4o-mini"])
+    fx = Fixture(openai_usage={D1: [
+        openai_result("gpt-unreleased-9-2027-01-15", "proj_search", None, input_tokens=700),
+        openai_result("gpt-4o-mini-2024-07-18", "proj_search", None, input_tokens=100)]})
+    record(budgetd, "acme/search", D1, "u1", model="gpt-4o-mini", input_tokens=100)
+    with FakeAdminAPI(fx) as api:
+        code, doc, _ = drift(budgetd, api, mapping_file, "openai", "--record-missing")
+    assert code == 4
+    rows = rows_by(doc)
+    assert set(rows) == {("2027-03-01", "search", "gpt-unreleased-9-2027-01-15"),
+                         ("2027-03-01", "search", "gpt-4o-mini")}
+    unk = rows[("2027-03-01", "search", "gpt-unreleased-9-2027-01-15")]
+    assert unk["status"] == "unknown_model" and unk["provider"]["tokens"] == 700
+    assert rows[("2027-03-01", "search", "gpt-4o-mini")]["status"] == "ok"
+    assert doc["recorded"] == []
+    assert [s["model"] for s in doc["skipped"]] == ["gpt-unreleased-9-2027-01-15"]

@@ -26,6 +26,7 @@ from budgetd.pricing import (
 # Generated code: its .pyi stubs do not pass --strict (protobuf ships no types), so mypy
 # is run without client/ on its path and sees this module as Any.
 from budgetd_client._proto.budget.v1 import admin_pb2  # type: ignore[import-not-found, unused-ignore]
+from conftest import Budgetd
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -265,6 +266,13 @@ def test_platform_ids_resolve_to_one_row(table: PriceTable, name: str) -> None:
         ("apac.anthropic.claude-haiku-4-5-20251001-v1:0", "claude-haiku-4-5"),
         ("openai/gpt-4.1-mini", "gpt-4.1-mini"),
         ("gpt-4o-2024-08-06", "gpt-4o"),
+        # OpenAI snapshots not in the table: "-YYYY-MM-DD" is a date suffix too.
+        ("gpt-4o-mini-2025-02-03", "gpt-4o-mini"),
+        ("GPT-4o-mini-2025-02-03", "gpt-4o-mini"),
+        ("gpt-4.1-mini-2025-09-01", "gpt-4.1-mini"),
+        ("openai/gpt-4.1-mini-2025-09-01", "gpt-4.1-mini"),
+        ("o3-2025-12-01", "o3"),
+        ("anthropic/claude-3.5-haiku-20241022", "claude-3-5-haiku"),
         ("google/gemini-2.5-pro", "gemini-2.5-pro"),
         ("deepseek/deepseek-chat", "deepseek-chat"),
     ],
@@ -281,6 +289,11 @@ def test_explicit_alias_wins_over_normalisation() -> None:
     assert t.require("claude-x-1-20250101") is dated
     assert t.require("claude-x-1@20250101") is dated
     assert t.require("claude-x-1-20250102") is base
+    gpt = _row("gpt-x", prices=_prices(1_000_000))
+    snapshot = _row("gpt-x-special", ("gpt-x-2025-01-01",), prices=_prices(2_000_000))
+    t = PriceTable([gpt, snapshot])
+    assert t.require("gpt-x-2025-01-01") is snapshot
+    assert t.require("gpt-x-2025-01-02") is gpt
 
 
 @pytest.mark.parametrize(
@@ -293,6 +306,9 @@ def test_explicit_alias_wins_over_normalisation() -> None:
         "bad model",
         "x" * 200,
         "anthropic/claude-unknown-4.5",
+        "gpt-99-2025-01-01",
+        "gpt-4o-mini-2025-13",
+        "gpt-4o-mini-2025-01-01-preview",
     ],
 )
 def test_unknown_model_raises(table: PriceTable, name: str) -> None:
@@ -683,3 +699,27 @@ def _row(
         batch_discount_percent=50,
         versions=versions or (PriceVersion(None, prices or _prices()),),
     )
+
+
+# --- through the server ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "model"),
+    [("gpt-4o-mini-2025-02-03", "gpt-4o-mini"), ("gpt-4.1-mini-2025-09-01", "gpt-4.1-mini"),
+     ("claude-sonnet-4-5-20260101", "claude-sonnet-4-5")],
+)
+def test_reserve_and_record_price_a_snapshot_like_its_model(
+    budgetd: Budgetd, snapshot: str, model: str
+) -> None:
+    """A dated name the default table does not list is accepted and priced as
+    its model (before: unknown model, refused)."""
+    got = budgetd.client.reserve("acme/a", snapshot, input_tokens=10_000, max_output_tokens=500)
+    want = budgetd.client.reserve("acme/b", model, input_tokens=10_000, max_output_tokens=500)
+    assert got.allowed and want.allowed
+    assert got.reserved_cost_micros == want.reserved_cost_micros > 0
+    rec = budgetd.client.record("acme/a", snapshot, {"input_tokens": 1000, "output_tokens": 100},
+                                request_id="snap-1")
+    ref = budgetd.client.record("acme/b", model, {"input_tokens": 1000, "output_tokens": 100},
+                                request_id="snap-2")
+    assert rec.cost_micros == ref.cost_micros > 0

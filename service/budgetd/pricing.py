@@ -12,13 +12,16 @@ import dataclasses
 import datetime
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 # Generated code: its .pyi stubs do not pass --strict (protobuf ships no types), so mypy
 # is run without client/ on its path and sees this module as Any.
 from budgetd_client._proto.budget.v1 import admin_pb2  # type: ignore[import-not-found, unused-ignore]
+
+# Name resolution is shared with the client's drift check (budgetd_client/models.py).
+from budgetd_client.models import MODEL_ID_RE, model_candidates
 
 MAX_PRICE_MICROS_PER_MTOK = 10**10  # $10,000 per million tokens
 MAX_TOKENS = 2**40  # per token kind, per request
@@ -27,7 +30,6 @@ MAX_ALIASES = 32
 MAX_VERSIONS = 32
 MAX_TIERS = 8
 
-MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
 _DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 _PER_MTOK = 1_000_000
@@ -278,9 +280,7 @@ class PriceTable:
         self._index = index
 
     def lookup(self, model: str) -> ModelPricing | None:
-        if not isinstance(model, str) or not MODEL_ID_RE.match(model):
-            return None
-        for candidate in _candidates(model):
+        for candidate in model_candidates(model):
             mp = self._index.get(candidate)
             if mp is not None:
                 return mp
@@ -427,40 +427,6 @@ def _prices_for(mp: ModelPricing, prompt_tokens: int, at: datetime.datetime) -> 
         default=None,
     )
     return tier.prices if tier is not None else version.prices
-
-
-# Bedrock: optional cross-region prefix, provider prefix, "-v1:0"-style version suffix.
-_BEDROCK_RE = re.compile(
-    r"^(?:(?:us|eu|apac|global|jp|au|ca|us-gov)\.)?"
-    r"(?:anthropic|openai|deepseek|google)\.(.+?)(?:-v[0-9]+(?::[0-9a-z]+)*)?$"
-)
-_DOTTED_VERSION_RE = re.compile(r"(?<=[0-9])\.(?=[0-9])")
-_DATE_SUFFIX_RE = re.compile(r"^(.+)-[0-9]{8}$")
-
-
-def _candidates(model: str) -> Iterator[str]:
-    """Index keys to try for a model id, most literal first so explicit aliases win."""
-    name = model.lower()
-    yield name
-    if "/" in name:  # OpenRouter "anthropic/claude-sonnet-4.5", Vertex resource paths
-        name = name.rsplit("/", 1)[1]
-        yield name
-    m = _BEDROCK_RE.match(name)
-    if m:
-        name = m.group(1)
-        yield name
-    if "@" in name:  # Vertex "claude-sonnet-4-5@20250929"
-        base, _, version = name.partition("@")
-        yield f"{base}-{version}"
-        name = base
-        yield name
-    dashed = _DOTTED_VERSION_RE.sub("-", name)  # OpenRouter "claude-3.5-haiku"
-    if dashed != name:
-        name = dashed
-        yield name
-    m = _DATE_SUFFIX_RE.match(name)
-    if m:
-        yield m.group(1)
 
 
 def _date_str(day: datetime.date | None) -> str:

@@ -7,6 +7,12 @@ provider's tokens priced with budgetd's pricing table. budgetd rounds each
 request's cost up to a micro-USD and the provider side is priced from daily
 sums, so costs may differ by up to one micro-USD per request: compare with a
 threshold, not with zero.
+
+Models are joined by their canonical name: a provider reports dated
+snapshots ("gpt-4o-mini-2024-07-18", "claude-sonnet-4-5-20250929") where
+callers often reserve with the alias, or the other way round. Both sides'
+names are resolved with the server's rules (budgetd_client.models) to the
+pricing table's model name; a name the table does not know stays as written.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from budgetd_client._proto.budget.v1 import admin_pb2 as apb
+from budgetd_client.models import model_candidates
 from budgetd_client.providers.mapping import ProviderMap
 from budgetd_client.providers.usage import CostRow, Tokens, UsageRow
 
@@ -48,6 +55,11 @@ class LedgerRow:
     def total(self) -> int:
         return self.input + self.output + self.cache_write + self.cache_read
 
+    def __add__(self, o: LedgerRow) -> LedgerRow:
+        return LedgerRow(self.input + o.input, self.output + o.output,
+                         self.cache_write + o.cache_write, self.cache_read + o.cache_read,
+                         self.cost_micros + o.cost_micros)
+
 
 class Pricer:
     """budgetd's pricing table (GetPricing), applied to daily token sums:
@@ -55,16 +67,30 @@ class Pricer:
     single request by its prompt size, which daily sums cannot tell)."""
 
     def __init__(self, pricing: Iterable[apb.ModelPricing]) -> None:
+        # Lowercase keys, as the server's PriceTable indexes them.
         self._by_name: dict[str, apb.ModelPricing] = {}
         for m in pricing:
             for name in (m.model, *m.aliases):
-                self._by_name[name] = m
+                self._by_name[name.lower()] = m
+
+    def lookup(self, model: str) -> apb.ModelPricing | None:
+        """The row the server would price `model` with, or None."""
+        for candidate in model_candidates(model):
+            m = self._by_name.get(candidate)
+            if m is not None:
+                return m
+        return None
 
     def known(self, model: str) -> bool:
-        return model in self._by_name
+        return self.lookup(model) is not None
+
+    def canonical(self, model: str) -> str:
+        """The pricing table's model name for `model`; unknown names as written."""
+        m = self.lookup(model)
+        return model if m is None else str(m.model)
 
     def cost_micros(self, model: str, day: dt.date, t: Tokens) -> int | None:
-        m = self._by_name.get(model)
+        m = self.lookup(model)
         if m is None:
             return None
         versions = sorted(m.versions, key=lambda v: v.effective_from)
@@ -154,9 +180,14 @@ class DriftRow:
         }
 
 
-def belongs(provider: str, model: str, seen: set[str], pm: ProviderMap) -> bool:
-    return (model in seen or bool(MODEL_PATTERNS[provider].match(model))
-            or any(model.startswith(p) for p in pm.model_prefixes))
+def belongs(provider: str, model: str, seen: set[str], pm: ProviderMap,
+            canonical: str | None = None) -> bool:
+    """Whether a budgetd ledger model is the provider's: reported by it this
+    month (seen holds canonical names), or named like its models, as written
+    by the caller or canonically (Bedrock's "us.anthropic.claude-..." is)."""
+    names = (model,) if canonical in (None, model) else (model, canonical)
+    return any(n in seen or bool(MODEL_PATTERNS[provider].match(n.lower()))
+               or any(n.startswith(p) for p in pm.model_prefixes) for n in names)
 
 
 def parse_ledger_group(group: str) -> tuple[str, str]:
@@ -167,12 +198,23 @@ def parse_ledger_group(group: str) -> tuple[str, str]:
 
 def compare(pm: ProviderMap, usage: list[UsageRow], costs: list[CostRow] | None,
             pricer: Pricer, ledger: dict[Key, LedgerRow]) -> list[DriftRow]:
+    """Rows keyed by (day, scope, canonical model): a snapshot name on one
+    side and its alias on the other are one row, never a missing plus an
+    extra row for the same spend."""
+    canon: dict[str, str] = {}
+
+    def canonical(model: str) -> str:
+        if model not in canon:
+            canon[model] = pricer.canonical(model)
+        return canon[model]
+
     rows: dict[Key, DriftRow] = {}
     # For cost-report dollars: which scopes each (day, workspace, model) feeds.
     feeds: dict[tuple[dt.date, str | None, str], set[str]] = {}
     for u in usage:
         scope = pm.scope_of(u.workspace, u.api_key)
-        k = (u.day, UNMAPPED if scope is None else scope, u.model)
+        model = canonical(u.model)
+        k = (u.day, UNMAPPED if scope is None else scope, model)
         row = rows.get(k)
         if row is None:
             if len(rows) >= MAX_ROWS:
@@ -183,20 +225,29 @@ def compare(pm: ProviderMap, usage: list[UsageRow], costs: list[CostRow] | None,
             ident = f"workspace={u.workspace or 'default'} api_key={u.api_key or '-'}"
             if ident not in row.identities and len(row.identities) < 20:
                 row.identities.append(ident)
-        feeds.setdefault((u.day, u.workspace, u.model), set()).add(k[1])
-    seen = {u.model for u in usage}
-    for k, lg in ledger.items():
-        if not belongs(pm.provider, k[2], seen, pm):
+        feeds.setdefault((u.day, u.workspace, model), set()).add(k[1])
+    seen = {k[2] for k in rows}
+    for (day, scope, raw), lg in ledger.items():
+        model = canonical(raw)
+        if not belongs(pm.provider, raw, seen, pm, model):
             continue
-        rows.setdefault(k, DriftRow(*k)).ledger = lg
+        k = (day, scope, model)
+        row = rows.get(k)
+        if row is None:
+            if len(rows) >= MAX_ROWS:
+                raise ValueError(f"more than {MAX_ROWS} (day, scope, model) rows")
+            row = rows[k] = DriftRow(*k)
+        # Callers may use several names of one model on one day: sum them.
+        row.ledger = row.ledger + lg
     for row in rows.values():
         row.provider_cost_micros = pricer.cost_micros(row.model, row.day, row.provider_tokens)
         row.cost_source = "pricing" if row.provider_cost_micros is not None else "unknown_model"
     for c in costs or []:
-        scopes = feeds.get((c.day, c.workspace, c.model), set())
+        model = canonical(c.model)
+        scopes = feeds.get((c.day, c.workspace, model), set())
         if len(scopes) != 1:
             continue  # Several scopes share these dollars: keep the priced tokens.
-        row = rows[(c.day, next(iter(scopes)), c.model)]
+        row = rows[(c.day, next(iter(scopes)), model)]
         if row.cost_source != "cost_report":
             row.provider_cost_micros, row.cost_source = 0, "cost_report"
         assert row.provider_cost_micros is not None
