@@ -4,29 +4,32 @@ guard() around AsyncAnthropic / AsyncOpenAI, against a real budgetd."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anthropic
 import openai
 import pytest
-from budgetd_client import AsyncBudgetClient, BudgetExceeded
-from budgetd_client.estimate import count_tokens
+from budgetd_client import AsyncBudgetClient, BudgetExceeded, CallPolicy
+from budgetd_client.estimate import count_tokens, estimate_input_tokens
 from budgetd_client.hooks import AsyncBudget
 from budgetd_client.integrations import guard
 from conftest import Budgetd
 from fake_providers import FakeProviders, Plan
 from helpers import TEST_MODEL, TEST_SMALL
-from hooks_support import MESSAGES, SCOPE, b, cost, counters, fake, settled
+from hooks_support import MESSAGES, SCOPE, b, cost, counters, fake, settled, slow_budgetd
 
-__all__ = ["b", "fake"]
+__all__ = ["b", "fake", "slow_budgetd"]
 
 
-def run(bd: Budgetd, body: Callable[[AsyncBudget], Awaitable[Any]]) -> Any:
+def run(bd: Budgetd, body: Callable[[AsyncBudget], Awaitable[Any]], max_delay_s: float = 5.0,
+        policy: CallPolicy | None = None) -> Any:
     async def main() -> Any:
-        client = AsyncBudgetClient(bd.address)
+        client = AsyncBudgetClient(bd.address, policy=policy)
         try:
-            return await body(AsyncBudget(client, max_delay_s=5.0))
+            return await body(AsyncBudget(client, max_delay_s=max_delay_s))
         finally:
             await client.close()
     return asyncio.run(main())
@@ -109,3 +112,59 @@ def test_async_context_manager_fallback_and_denial(b: Budgetd, fake: FakeProvide
     run(b, body)
     assert counters(b) == settled(150, cost(100, 50, scale_den=10))
     assert fake.requests == []
+
+
+def test_async_stream_dropped_is_settled_by_the_next_call_even_a_failed_one(
+        b: Budgetd, fake: FakeProviders, caplog: pytest.LogCaptureFixture) -> None:
+    fake.plans.extend([Plan(input_tokens=60, output_tokens=500,
+                            chunks=["red green blue ", "cyan ", "magenta"]),
+                       Plan(status=500)])
+
+    async def body(budget: AsyncBudget) -> None:
+        llm = guard(claude(fake), budget=budget, scope=SCOPE)
+        with caplog.at_level(logging.WARNING, logger="budgetd_client"):
+            async for e in await llm.messages.create(model=TEST_MODEL, max_tokens=600,
+                                                     messages=MESSAGES, stream=True):
+                if e.type == "content_block_delta":
+                    break  # no close(): the stream is only dropped
+        assert any("dropped without close()" in r.getMessage() for r in caplog.records)
+        assert len(budget.queue) == 1
+        inp = estimate_input_tokens(MESSAGES, model=TEST_MODEL)
+        assert counters(b) == (0, inp + 600, 0, cost(inp, 600))  # still held
+        # The next call's Reserve answers: the queue is replayed then, even
+        # though that call fails at the provider and is released.
+        with pytest.raises(anthropic.InternalServerError):
+            await llm.messages.create(model=TEST_MODEL, max_tokens=10, messages=MESSAGES)
+        assert len(budget.queue) == 0
+
+    run(b, body)
+    delivered = count_tokens("red green blue ", TEST_MODEL)
+    assert counters(b) == settled(60 + delivered, cost(60, delivered))
+
+
+def test_async_slow_budgetd_adds_at_most_the_delay_budget_before_and_after(
+        slow_budgetd: tuple[Budgetd, list[float]], fake: FakeProviders) -> None:
+    bd, delay_s = slow_budgetd
+    fake.plans.extend([Plan(input_tokens=10, output_tokens=2),
+                       Plan(input_tokens=100, output_tokens=10),
+                       Plan(input_tokens=40, output_tokens=4)])
+
+    async def body(budget: AsyncBudget) -> None:
+        llm = guard(gpt(fake), budget=budget, scope=SCOPE)
+        await llm.chat.completions.create(model=TEST_MODEL, messages=MESSAGES,
+                                          max_tokens=10)  # warm up
+        delay_s[0] = 0.7
+        start = time.monotonic()
+        await llm.chat.completions.create(model=TEST_MODEL, messages=MESSAGES, max_tokens=100)
+        call_s = time.monotonic() - start
+        # 0.7 s for the Reserve, the 0.3 s left for the Reconcile (queued when
+        # it does not answer); a full delay on each side would be >= 1.4 s.
+        assert call_s < 1.0 + 0.3
+        assert len(budget.queue) == 1
+        delay_s[0] = 0.0
+        await asyncio.sleep(1.0)
+        await llm.chat.completions.create(model=TEST_MODEL, messages=MESSAGES, max_tokens=100)
+        assert len(budget.queue) == 0
+
+    run(bd, body, max_delay_s=1.0, policy=CallPolicy(retries=0))
+    assert counters(bd) == settled(12 + 110 + 44, cost(10, 2) + cost(100, 10) + cost(40, 4))

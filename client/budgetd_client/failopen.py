@@ -34,7 +34,7 @@ log = logging.getLogger("budgetd_client.failopen")
 
 DEFAULT_MAX_ENTRIES = 10_000
 MAX_MAX_ENTRIES = 1_000_000
-# Entries replayed by one opportunistic flush (after a successful settle).
+# Entries replayed by one opportunistic flush (after budgetd answered a call).
 FLUSH_BATCH = 64
 
 
@@ -178,6 +178,11 @@ def flush(client: BudgetClient, queue: ReplayQueue, *, max_entries: int,
         except BudgetUnavailable:
             queue.put_back(batch[i:])
             return i
+        except BaseException:
+            # Cancelled or interrupted mid-replay: keep what is owed (a replay
+            # that did land is idempotent).
+            queue.put_back(batch[i:])
+            raise
     return len(batch)
 
 
@@ -194,4 +199,9 @@ async def flush_async(client: AsyncBudgetClient, queue: ReplayQueue, *, max_entr
         except BudgetUnavailable:
             queue.put_back(batch[i:])
             return i
+        except BaseException:
+            # Cancelled or interrupted mid-replay: keep what is owed (a replay
+            # that did land is idempotent).
+            queue.put_back(batch[i:])
+            raise
     return len(batch)

@@ -11,23 +11,28 @@ On exit without settle(): if the body raised, the reservation is released
 (the call never happened, as far as we know); otherwise the estimate is kept
 as spent (the usage is unknown, and spend must not be under-counted).
 
-budgetd never adds more than `max_delay_s` (default 250 ms) before a model
-call: the Reserve runs under that deadline, retries included. When it is
-unreachable the caller's policy applies: fail open (the call goes ahead and
-its usage is queued locally and replayed once budgetd answers) or fail closed
-(BudgetUnavailable). Settling after the call runs under the same deadline;
-usage that cannot be delivered then is queued, never dropped silently.
+budgetd never adds more than `max_delay_s` (default 250 ms) to a model call,
+before and after it together: the Reserve runs under 90% of it, retries
+included, and settling after the call gets what remains (at least 10%). When
+budgetd is unreachable the caller's policy applies: fail open (the call goes
+ahead and its usage is queued locally) or fail closed (BudgetUnavailable).
+Usage that cannot be settled in time is queued too, never dropped silently.
+The queue is replayed, within the same per-call bound, after any later
+budgetd call that answers (a Reserve or a settle), and the sync Budget makes
+one bounded attempt at interpreter exit (EXIT_FLUSH_S).
 """
 
 from __future__ import annotations
 
+import atexit
 import collections
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from budgetd_client import _build, _ops, failopen
 from budgetd_client.errors import BudgetExceeded, BudgetUnavailable
@@ -43,6 +48,12 @@ log = logging.getLogger("budgetd_client.hooks")
 
 DEFAULT_MAX_DELAY_S = 0.25
 MAX_MAX_DELAY_S = 60.0
+# The share of max_delay_s kept for settling after the call: the Reserve (and
+# a replay before the call) get the rest, so both together stay within it.
+SETTLE_SHARE = 0.1
+# The bounded attempt, at interpreter exit, to replay what sync Budgets still
+# hold queued (all of them together); past it the queued usage is lost.
+EXIT_FLUSH_S = 1.0
 # Used when a request gives no output cap (OpenAI allows that): the server
 # caps it at the model's maximum output.
 UNCAPPED_OUTPUT_TOKENS = 1_000_000
@@ -50,6 +61,7 @@ UNCAPPED_OUTPUT_TOKENS = 1_000_000
 SEEN_MESSAGE_IDS = 4096
 
 OnUnavailable = Literal["open", "closed"]
+R = TypeVar("R")
 
 
 class _BudgetBase:
@@ -65,6 +77,7 @@ class _BudgetBase:
         self.margin = margin
         self.ttl_seconds = ttl_seconds
         self.queue = queue if queue is not None else ReplayQueue()
+        self.settle_floor_s = max_delay_s * SETTLE_SHARE
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._seen_lock = threading.Lock()
 
@@ -100,6 +113,8 @@ class _HoldBase:
         self.degraded = False  # budgetd was unreachable and we failed open
         self.settled = False
         self.settled_usage: Usage | None = None
+        # Time this call has waited on budgetd so far (Reserve, settle, replay).
+        self.budgetd_s = 0.0
 
     @property
     def model(self) -> str:
@@ -125,6 +140,22 @@ class _HoldBase:
                             max_output_tokens=self.max_tokens, request_id=self.request_id,
                             ttl_seconds=self._budget.ttl_seconds,
                             fallback_models=self.fallback_models)
+
+    def _reserve_timeout_s(self) -> float:
+        b = self._budget
+        return b.max_delay_s - b.settle_floor_s
+
+    def _settle_timeout_s(self) -> float:
+        """What remains of the call's delay budget, never below the floor
+        (a Reserve that took its whole share still leaves that)."""
+        b = self._budget
+        return max(b.max_delay_s - self.budgetd_s, b.settle_floor_s)
+
+    def _replay_timeout_s(self, keep_s: float) -> float:
+        """Time for a replay now, keeping keep_s for what follows; <= 0: none."""
+        if not len(self._budget.queue):
+            return 0.0
+        return self._budget.max_delay_s - self.budgetd_s - keep_s
 
     def _granted(self, res: Reservation) -> None:
         if not res.allowed:
@@ -171,12 +202,38 @@ class Hold(_HoldBase):
 
     _budget: Budget
 
-    def open(self) -> Hold:
-        b = self._budget
+    def _run(self, op: _ops.Op[R], timeout_s: float) -> R:
+        start = time.monotonic()
         try:
-            self._granted(b.client.run(self._reserve_op(), timeout_s=b.max_delay_s))
+            return self._budget.client.run(op, timeout_s=timeout_s)
+        finally:
+            self.budgetd_s += time.monotonic() - start
+
+    def _replay(self, keep_s: float) -> None:
+        """budgetd answered: deliver what an outage or a dropped stream left
+        queued, within what remains of this call's delay budget."""
+        timeout_s = self._replay_timeout_s(keep_s)
+        if timeout_s <= 0:
+            return
+        start = time.monotonic()
+        try:
+            failopen.flush(self._budget.client, self._budget.queue, max_entries=FLUSH_BATCH,
+                           timeout_s=timeout_s)
+        except Exception:
+            # Never take the model call away for an older call's usage (the
+            # entries stay queued).
+            log.exception("replaying queued usage failed")
+        finally:
+            self.budgetd_s += time.monotonic() - start
+
+    def open(self) -> Hold:
+        try:
+            res = self._run(self._reserve_op(), self._reserve_timeout_s())
         except BudgetUnavailable as e:
             self._unreachable(e)
+            return self
+        self._replay(keep_s=self._budget.settle_floor_s)
+        self._granted(res)
         return self
 
     def settle(self, usage: Any, *, model: str | None = None,
@@ -189,19 +246,15 @@ class Hold(_HoldBase):
         if self.degraded:
             self._queue(u)
             return
-        b = self._budget
-        start = time.monotonic()
         try:
-            b.client.run(_ops.reconcile(self.reservation_id, u, model=model or self.model),
-                         timeout_s=b.max_delay_s)
+            self._run(_ops.reconcile(self.reservation_id, u, model=model or self.model),
+                      self._settle_timeout_s())
         except BudgetUnavailable as e:
-            log.warning("budgetd unreachable, queueing usage of %s: %s", self.reservation_id, e)
+            log.warning("budgetd did not answer in time, queueing usage of %s: %s",
+                        self.reservation_id, e)
             self._queue(u)
             return
-        left = b.max_delay_s - (time.monotonic() - start)
-        if len(b.queue) and left > 0:
-            # budgetd answers again: deliver what an outage left behind.
-            failopen.flush(b.client, b.queue, max_entries=FLUSH_BATCH, timeout_s=left)
+        self._replay(keep_s=0.0)
 
     def settle_estimate(self) -> None:
         """No usage arrived: keep what was reserved as spent."""
@@ -215,12 +268,13 @@ class Hold(_HoldBase):
         self.settled_usage = Usage()
         if self.degraded or self.reservation is None:
             return
-        b = self._budget
         try:
-            b.client.run(_ops.release(self.reservation_id), timeout_s=b.max_delay_s)
+            self._run(_ops.release(self.reservation_id), self._settle_timeout_s())
         except BudgetUnavailable:
             # Reconciling with zero usage later has the same effect.
             self._queue(Usage())
+            return
+        self._replay(keep_s=0.0)
 
     def __enter__(self) -> Hold:
         return self.open()
@@ -240,12 +294,34 @@ class AsyncHold(_HoldBase):
 
     _budget: AsyncBudget
 
-    async def open(self) -> AsyncHold:
-        b = self._budget
+    async def _run(self, op: _ops.Op[R], timeout_s: float) -> R:
+        start = time.monotonic()
         try:
-            self._granted(await b.client.run(self._reserve_op(), timeout_s=b.max_delay_s))
+            return await self._budget.client.run(op, timeout_s=timeout_s)
+        finally:
+            self.budgetd_s += time.monotonic() - start
+
+    async def _replay(self, keep_s: float) -> None:
+        timeout_s = self._replay_timeout_s(keep_s)
+        if timeout_s <= 0:
+            return
+        start = time.monotonic()
+        try:
+            await failopen.flush_async(self._budget.client, self._budget.queue,
+                                       max_entries=FLUSH_BATCH, timeout_s=timeout_s)
+        except Exception:
+            log.exception("replaying queued usage failed")
+        finally:
+            self.budgetd_s += time.monotonic() - start
+
+    async def open(self) -> AsyncHold:
+        try:
+            res = await self._run(self._reserve_op(), self._reserve_timeout_s())
         except BudgetUnavailable as e:
             self._unreachable(e)
+            return self
+        await self._replay(keep_s=self._budget.settle_floor_s)
+        self._granted(res)
         return self
 
     async def settle(self, usage: Any, *, model: str | None = None,
@@ -256,19 +332,15 @@ class AsyncHold(_HoldBase):
         if self.degraded:
             self._queue(u)
             return
-        b = self._budget
-        start = time.monotonic()
         try:
-            await b.client.run(_ops.reconcile(self.reservation_id, u, model=model or self.model),
-                               timeout_s=b.max_delay_s)
+            await self._run(_ops.reconcile(self.reservation_id, u, model=model or self.model),
+                            self._settle_timeout_s())
         except BudgetUnavailable as e:
-            log.warning("budgetd unreachable, queueing usage of %s: %s", self.reservation_id, e)
+            log.warning("budgetd did not answer in time, queueing usage of %s: %s",
+                        self.reservation_id, e)
             self._queue(u)
             return
-        left = b.max_delay_s - (time.monotonic() - start)
-        if len(b.queue) and left > 0:
-            await failopen.flush_async(b.client, b.queue, max_entries=FLUSH_BATCH,
-                                       timeout_s=left)
+        await self._replay(keep_s=0.0)
 
     async def settle_estimate(self) -> None:
         await self.settle(self.estimate_usage())
@@ -280,11 +352,12 @@ class AsyncHold(_HoldBase):
         self.settled_usage = Usage()
         if self.degraded or self.reservation is None:
             return
-        b = self._budget
         try:
-            await b.client.run(_ops.release(self.reservation_id), timeout_s=b.max_delay_s)
+            await self._run(_ops.release(self.reservation_id), self._settle_timeout_s())
         except BudgetUnavailable:
             self._queue(Usage())
+            return
+        await self._replay(keep_s=0.0)
 
     async def __aenter__(self) -> AsyncHold:
         return await self.open()
@@ -305,6 +378,7 @@ class Budget(_BudgetBase):
     def __init__(self, client: BudgetClient, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.client = client
+        _AT_EXIT.add(self)
 
     def reserve(self, scope: ScopeLike, model: str, *, messages: Sequence[Any] = (),
                 system: Any = None, tools: Sequence[Any] | None = None,
@@ -344,3 +418,29 @@ class AsyncBudget(_BudgetBase):
         return await failopen.flush_async(
             self.client, self.queue, max_entries=max_entries,
             timeout_s=timeout_s or self.client.policy.total_timeout_s)
+
+
+# Sync Budgets alive at interpreter exit; weak, so a Budget can still be freed.
+_AT_EXIT: weakref.WeakSet[Budget] = weakref.WeakSet()
+
+
+def _flush_at_exit(total_s: float = EXIT_FLUSH_S) -> None:
+    """Best effort: usage still queued when the process ends is replayed
+    within total_s (all Budgets together); what remains is lost, and said so."""
+    deadline = time.monotonic() + total_s
+    for budget in list(_AT_EXIT):
+        if not len(budget.queue):
+            continue
+        left = deadline - time.monotonic()
+        try:
+            if left > 0:
+                budget.flush(timeout_s=left)
+        except Exception as e:  # a closed channel, anything: exit must go on
+            log.warning("replaying queued usage at exit failed: %s", e)
+        if len(budget.queue):
+            log.warning("exiting with %d usage entries budgetd never received",
+                        len(budget.queue))
+
+
+# Registered after grpc is imported (it has exit handlers too): runs before them.
+atexit.register(_flush_at_exit)

@@ -53,6 +53,15 @@ async def settle_async(hold: AsyncHold, usage: Usage | None, message_id: str | N
         log.exception("settling %s failed", hold.reservation_id)
 
 
+def _settle_dropped(hold: _HoldBase, tracker: Tracker) -> None:
+    """A stream garbage collected unfinished: its usage goes to the replay
+    queue, sent with the next budgetd call that answers (or at exit)."""
+    usage = tracker.usage(hold)
+    log.warning("stream of %s dropped without close(): queueing %s for replay",
+                hold.reservation_id, "its delivered usage" if usage is not None else "the estimate")
+    hold.settle_later(usage)
+
+
 class GuardedStream:
     """Wraps an SDK Stream: iterates like it, settles when it ends."""
 
@@ -104,7 +113,7 @@ class GuardedStream:
         # Dropped without close(): no RPC from a finalizer, queue it instead.
         if not self._finished:
             self._finished = True
-            self._hold.settle_later(self._tracker.usage(self._hold))
+            _settle_dropped(self._hold, self._tracker)
 
 
 class AsyncGuardedStream:
@@ -157,7 +166,7 @@ class AsyncGuardedStream:
     def __del__(self) -> None:
         if not self._finished:
             self._finished = True
-            self._hold.settle_later(self._tracker.usage(self._hold))
+            _settle_dropped(self._hold, self._tracker)
 
 
 class _GuardedMethod:
