@@ -105,6 +105,8 @@ class Log:
     # reconciled, 0 if released, the estimate if abandoned (expiry keeps it).
     final: dict[str, tuple[int, int]] = field(default_factory=dict)
     reconciled_acked: set[str] = field(default_factory=set)
+    answered_by: dict[str, str] = field(default_factory=dict)  # rid -> target that granted it
+    abandoned: set[str] = field(default_factory=set)  # never settled by the client
     denials: int = 0
     calls: int = 0
     failures: list[tuple[str, str, float]] = field(default_factory=list)  # op, code, seconds
@@ -114,6 +116,8 @@ class Log:
         self.granted.update(other.granted)
         self.final.update(other.final)
         self.reconciled_acked |= other.reconciled_acked
+        self.answered_by.update(other.answered_by)
+        self.abandoned |= other.abandoned
         self.denials += other.denials
         self.calls += other.calls
         self.failures += other.failures
@@ -131,7 +135,9 @@ class Driver:
                  settle_ttl_s: int = 60, max_tokens: int = 400,
                  duplicate_reserve: float = 0.0) -> None:
         policy = CallPolicy(timeout_s=deadline_s, total_timeout_s=deadline_s, retries=0)
-        self.clients = [BudgetClient(t, policy=policy) for t in targets]
+        self.targets = list(targets)
+        self.clients = [BudgetClient(t, policy=policy) for t in self.targets]
+        self.last_target = ""  # the target that answered the last successful call
         self.org, self.teams, self.prefix = org, list(teams), prefix
         self.rng = random.Random(seed)
         self.give_up_s = give_up_s
@@ -155,7 +161,9 @@ class Driver:
             t0 = time.monotonic()
             self.log.calls += 1
             try:
-                return fn(client)
+                got = fn(client)
+                self.last_target = self.targets[i % len(self.clients)]
+                return got
             except BudgetError as e:
                 code = e.code.name if e.code else "?"
                 if code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
@@ -191,6 +199,7 @@ class Driver:
             return
         assert (res.reserved_tokens, res.reserved_cost_micros) == (est, est), res
         self.log.granted[res.reservation_id] = (scope, est, est)
+        self.log.answered_by[res.reservation_id] = self.last_target
         if self.on_ack:
             self.on_ack("reserve", res.reservation_id)
         if roll < self.mix[0]:
@@ -206,6 +215,7 @@ class Driver:
             self.log.final[res.reservation_id] = (0, 0)
         else:
             self.log.final[res.reservation_id] = (est, est)  # abandoned: expiry keeps it
+            self.log.abandoned.add(res.reservation_id)
 
     def run_for(self, seconds: float, pause_s: float = 0.0) -> Log:
         end = time.monotonic() + seconds
@@ -216,10 +226,16 @@ class Driver:
         return self.log
 
 
-def counters(r: redis.Redis, org: str) -> dict[str, int]:
-    """Sum of every counter field of the org over all its day windows."""
+# The two window kinds every charge lands in (window ids d20270315, m202703).
+WINDOW_KINDS = {"d": "day", "m": "month"}
+
+
+def counters(r: redis.Redis, org: str, kind: str = "d") -> dict[str, int]:
+    """Sum of every counter field of the org over all its windows of one
+    kind: "d" (day windows) or "m" (month windows)."""
+    assert kind in WINDOW_KINDS, kind
     out: dict[str, int] = {}
-    for key in r.scan_iter(match=f"bd:{{{org}}}:w:d*", count=1000):
+    for key in r.scan_iter(match=f"bd:{{{org}}}:w:{kind}*", count=1000):
         for f, v in r.hgetall(key).items():
             k = f.decode() if isinstance(f, bytes) else str(f)
             out[k] = out.get(k, 0) + int(v)
@@ -238,11 +254,13 @@ def expected_used(log: Log, org: str) -> dict[str, int]:
 
 def audit(r: redis.Redis, log: Log, org: str, settle_timeout_s: float = 20.0) -> dict[str, int]:
     """Waits for every abandoned reservation to expire, then checks that the
-    counters equal the logs: not one token off. Returns the counters."""
+    counters of both the day and the month windows equal the logs: not one
+    token off. Returns the day counters."""
     deadline = time.monotonic() + settle_timeout_s
     while True:
-        got = counters(r, org)
-        reserved = {k: v for k, v in got.items() if k.startswith("r|") and v}
+        got = {kind: counters(r, org, kind) for kind in WINDOW_KINDS}
+        reserved = {f"{kind}:{k}": v for kind, one in got.items()
+                    for k, v in one.items() if k.startswith("r|") and v}
         if not reserved or time.monotonic() > deadline:
             break
         time.sleep(0.1)
@@ -250,15 +268,17 @@ def audit(r: redis.Redis, log: Log, org: str, settle_timeout_s: float = 20.0) ->
         f"invariant 'abandoned reservations expire' broke: still reserved {reserved} "
         f"{settle_timeout_s} s after the load stopped")
     want = expected_used(log, org)
-    used = {k: v for k, v in got.items() if k.startswith("u|") and (v or k in want)}
-    if used != want:
-        diff = {k: {"counters": used.get(k, 0), "logs": want.get(k, 0),
-                    "off_by": used.get(k, 0) - want.get(k, 0)}
-                for k in sorted(set(used) | set(want)) if used.get(k, 0) != want.get(k, 0)}
-        raise AssertionError(
-            "invariant 'counters == sum of logged actuals + kept estimates' broke "
-            f"({len(log.granted)} grants, {len(log.reconciled_acked)} reconciles): {diff}")
-    return got
+    for kind, name in WINDOW_KINDS.items():
+        used = {k: v for k, v in got[kind].items() if k.startswith("u|") and (v or k in want)}
+        if used != want:
+            diff = {k: {"counters": used.get(k, 0), "logs": want.get(k, 0),
+                        "off_by": used.get(k, 0) - want.get(k, 0)}
+                    for k in sorted(set(used) | set(want)) if used.get(k, 0) != want.get(k, 0)}
+            raise AssertionError(
+                f"invariant 'counters == sum of logged actuals + kept estimates' broke in the "
+                f"{name} windows ({len(log.granted)} grants, {len(log.reconciled_acked)} "
+                f"reconciles): {diff}")
+    return got["d"]
 
 
 def stop_all(*procs: Any) -> None:

@@ -27,6 +27,7 @@ import pytest
 import redis
 from budgetd.embedded import EmbeddedRedis
 from budgetd.scripts import Scripts
+from budgetd.windows import WALKER_KEY
 from budgetd_client import AdminClient, BudgetClient, CallPolicy
 from procs import MODEL, BudgetdProc, Driver, Log, audit, counters, stop_all
 from tcp_proxy import TcpProxy
@@ -42,14 +43,15 @@ REDIS_TIMEOUT_S = 0.5  # budgetd's per-command Redis timeout
 class Load:
     """Driver threads running reserve/reconcile/release/abandon for run_s."""
 
-    def __init__(self, targets: list[str], run_s: float, threads: int = 2) -> None:
+    def __init__(self, targets: list[str], run_s: float, threads: int = 2,
+                 abandon_ttl_s: int = 1) -> None:
         self.ok_times: list[float] = []
         self.acked_reconciles: list[tuple[float, str]] = []
         self.errors: list[BaseException] = []
         self.drivers = []
         for i in range(threads):
             d = Driver(targets, ORG, TEAMS, f"L{i}-{time.monotonic_ns()}", seed=i,
-                       deadline_s=DEADLINE_S)
+                       deadline_s=DEADLINE_S, abandon_ttl_s=abandon_ttl_s)
             d.on_ack = self._ack
             self.drivers.append(d)
         self.threads = [threading.Thread(target=self._run, args=(d, run_s), daemon=True)
@@ -87,8 +89,9 @@ class Load:
 
 def run_with_fault(targets: list[str], inject: Callable[[], None], lift: Callable[[], None],
                    *, before_s: float = 1.5, hold_s: float = 3.0,
-                   after_s: float = 3.5) -> tuple[Log, Load, float, float]:
-    load = Load(targets, before_s + hold_s + after_s).start()
+                   after_s: float = 3.5, abandon_ttl_s: int = 1,
+                   ) -> tuple[Log, Load, float, float]:
+    load = Load(targets, before_s + hold_s + after_s, abandon_ttl_s=abandon_ttl_s).start()
     time.sleep(before_s)
     t_inject = time.monotonic()
     inject()
@@ -138,35 +141,131 @@ def aof_redis(tmp_path: pathlib.Path) -> Iterator[EmbeddedRedis]:
     server.stop()
 
 
+def walker_pid(r: redis.Redis) -> int | None:
+    """The pid of the process holding the walk lease (bd:walker holds
+    host:pid:nonce), None if no one holds it."""
+    holder = r.get(WALKER_KEY)
+    return int(holder.decode().rsplit(":", 2)[1]) if holder else None
+
+
+def wait_for(pred: Callable[[], bool], timeout_s: float, poll_s: float = 0.05) -> float | None:
+    """Seconds until pred() held, polled every poll_s; None if not within timeout_s."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 <= timeout_s:
+        if pred():
+            return time.monotonic() - t0
+        time.sleep(poll_s)
+    return None
+
+
+# Orphans live in an org of their own, reserved in through the replica
+# about to die only: the survivor never granted there, so only its walk over
+# every org (the one it runs once it holds the walk lease) can expire them.
+ORPHAN_ORG = "orphaned"
+ORPHANS = 5
+ORPHAN_TTL_S = 2  # due after the kill: the dying replica cannot expire them itself
+LOAD_ABANDON_TTL_S = 3  # every load reservation the killed replica granted outlives it
+EXPIRY_INTERVAL_S = 0.2  # BudgetdProc's default
+WALK_LEASE_S = 1.0  # 3 expiry intervals, at least 1 s (server.py _sweep_loop)
+FULL_SWEEP_S = 1.0  # BudgetdProc's --expiry-full-sweep-s
+
+
 def test_budgetd_sigkill_mid_load(r: redis.Redis, redis_server: EmbeddedRedis,
                                   tmp_path: pathlib.Path) -> None:
     a = BudgetdProc(redis_server.url, tmp_path, name="a")
     b = BudgetdProc(redis_server.url, tmp_path, name="b")
+    orphan_scope = f"{ORPHAN_ORG}/t0"
+    orphan_sum = sum(100 + i for i in range(ORPHANS))
+    times: dict[str, float] = {}
+    index = f"bd:{{{ORPHAN_ORG}}}:exp"
+
+    def orphans_expired() -> bool:
+        states = [r.hget(f"bd:{{{ORPHAN_ORG}}}:q:orphan-{i}", "state") for i in range(ORPHANS)]
+        return states == [b"expired"] * ORPHANS and r.zcard(index) == 0
+
+    def watch() -> None:  # from the kill on: when did the orphans expire?
+        if wait_for(orphans_expired, 10.0, poll_s=0.02) is not None:
+            times["expired"] = time.monotonic()
+
+    watcher = threading.Thread(target=watch, daemon=True)
     try:
         a.start()
+        # a holds the walk lease before b exists, so the kill must hand the
+        # walk over to b.
+        assert wait_for(lambda: walker_pid(r) == a.pid, 5.0) is not None, (
+            f"the first replica never took the walk lease: {r.get(WALKER_KEY)!r}")
         b.start()
         set_rules(a.address)
-        # Reservations granted by the replica about to die, never settled.
-        orphans = Log()
-        with BudgetClient(a.address) as c:
-            for i in range(5):
-                res = c.reserve(f"{ORG}/t0", MODEL, tokens=100 + i, cost_micros=100 + i,
-                                request_id=f"orphan-{i}", ttl_seconds=1)
-                assert res.allowed
-                orphans.granted[res.reservation_id] = (f"{ORG}/t0", 100 + i, 100 + i)
-                orphans.final[res.reservation_id] = (100 + i, 100 + i)  # kept at expiry
+        with AdminClient(a.address) as admin:
+            # Not the default (keep): the survivor must expire per this org's policy.
+            admin.set_org_settings(ORPHAN_ORG, expiry_policy="release")
+
+        def reserve_orphans_then_kill() -> None:
+            assert walker_pid(r) == a.pid, (
+                f"the replica to be killed does not hold the walk lease: {r.get(WALKER_KEY)!r}")
+            times["orphans"] = time.monotonic()
+            with BudgetClient(a.address) as c:
+                for i in range(ORPHANS):
+                    res = c.reserve(orphan_scope, MODEL, tokens=100 + i, cost_micros=100 + i,
+                                    request_id=f"orphan-{i}", ttl_seconds=ORPHAN_TTL_S)
+                    assert res.allowed, res
+            times["orphans_done"] = time.monotonic()
+            # Charged as reserved: the release at expiry gives them back.
+            held = counters(r, ORPHAN_ORG, "m").get(f"r|{orphan_scope}|t")
+            assert held == orphan_sum, held
+            a.kill(signal.SIGKILL)
+            times["dead"] = time.monotonic()
+            watcher.start()
+
+        t_load = time.monotonic()
         log, load, t_inject, t_lift = run_with_fault(
-            [a.address, b.address], lambda: a.kill(signal.SIGKILL), lambda: None,
-            hold_s=1.0)
+            [a.address, b.address], reserve_orphans_then_kill, lambda: None,
+            hold_s=1.0, abandon_ttl_s=LOAD_ABANDON_TTL_S)
         # A call in flight on the replica as it dies gets no answer at all:
         # the client's own deadline ends it (DEADLINE_EXCEEDED), never later.
         check_fault_run("budgetd SIGKILL", log, load, t_inject, t_lift,
                         codes=("UNAVAILABLE", "DEADLINE_EXCEEDED"))
-        log.merge(orphans)
+
+        # The orphans were not due while their replica lived: it expired none.
+        assert times["dead"] < times["orphans"] + ORPHAN_TTL_S, (
+            f"the kill came {times['dead'] - times['orphans']:.2f} s after the orphans' "
+            f"reserves, not before their {ORPHAN_TTL_S} s ttl: the test proves nothing")
+        # The survivor takes the walk over once the dead one's lease lapses,
+        # and its walk expires them, with no traffic in their org.
+        watcher.join(timeout=30)
+        # From the later of "due" and "the dead replica's lease lapsed": the
+        # survivor's next sweep takes the lease, then at most one full walk.
+        start_s = max(times["orphans_done"] + ORPHAN_TTL_S, times["dead"] + WALK_LEASE_S)
+        bound_s = EXPIRY_INTERVAL_S + FULL_SWEEP_S + EXPIRY_INTERVAL_S + SLACK_S
+        done_s = times.get("expired", time.monotonic()) - start_s
+        assert "expired" in times and done_s <= bound_s, (
+            f"invariant 'a surviving replica expires what a killed one granted' broke: "
+            f"not all expired {done_s:.2f} s after they were due and the killed replica's lease "
+            f"lapsed (bound {bound_s:.1f} s): orphan states "
+            f"{[r.hget(f'bd:{{{ORPHAN_ORG}}}:q:orphan-{i}', 'state') for i in range(ORPHANS)]}, "
+            f"expiry index {r.zrange(index, 0, -1)}, walk lease {r.get(WALKER_KEY)!r}")
+        assert walker_pid(r) == b.pid, f"the walk lease is not b's: {r.get(WALKER_KEY)!r}"
+        policies = {r.hget(f"bd:{{{ORPHAN_ORG}}}:q:orphan-{i}", "expired_policy")
+                    for i in range(ORPHANS)}
+        assert policies == {b"release"}, policies
+        # Per the org's policy (release): the estimates given back, nothing spent.
+        for kind in ("d", "m"):
+            got = counters(r, ORPHAN_ORG, kind)
+            want = {f"{c}|{p}|{u}": 0 for c in "ru" for p in (ORPHAN_ORG, orphan_scope)
+                    for u in "tc"}
+            assert {k: got.get(k, 0) for k in want} == want, (kind, got)
+        print(f"orphans expired by the survivor {done_s:.2f} s after they were due and the "
+              f"killed replica's lease lapsed")
+
+        # Load reservations the killed replica granted and the clients abandoned
+        # were still held at the kill (ttl > time from load start to kill):
+        # the audit below proves the survivor expired them per policy (keep).
+        by_a = [rid for rid in log.abandoned if log.answered_by[rid] == a.address]
+        assert times["dead"] - t_load < LOAD_ABANDON_TTL_S, "the load ran too long before the kill"
+        assert by_a, ("no load reservation granted by the killed replica was abandoned: "
+                      "the audit proves nothing about them")
+        print(f"{len(by_a)} abandoned load reservations were held by the killed replica")
         audit(r, log, ORG)
-        states = [r.hget(f"bd:{{{ORG}}}:q:orphan-{i}", "state") for i in range(5)]
-        assert states == [b"expired"] * 5, (
-            f"reservations granted by the killed replica did not expire: states {states}")
     finally:
         stop_all(a, b)
 
