@@ -426,3 +426,25 @@ def test_unknown_dated_model_is_reported_as_written(budgetd: Budgetd,
     assert rows[("2027-03-01", "search", "gpt-4o-mini")]["status"] == "ok"
     assert doc["recorded"] == []
     assert [s["model"] for s in doc["skipped"]] == ["gpt-unreleased-9-2027-01-15"]
+
+
+def test_by_default_only_complete_days_are_compared(budgetd: Budgetd, mapping_file: str) -> None:
+    """Without --until the run stops at yesterday (UTC): the provider's buckets
+    for today are still filling, and a cron run would fail on spend not
+    billed yet."""
+    set_test_pricing(budgetd.admin)
+    today = dt.datetime.now(dt.timezone.utc).date()
+    month = f"{today:%Y-%m}"
+    with FakeAdminAPI(Fixture()) as api:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(["--server", budgetd.address, "drift", "--provider", "openai", "--month",
+                     month, "-f", mapping_file, "--base-url", api.url, "--format", "json"],
+                    out=out, err=err)
+        if today.day == 1:
+            assert code == 2 and "--until" in err.getvalue(), err.getvalue()
+            return
+        assert code == 0, err.getvalue()
+        ends = {int(dict(q)["end_time"]) for path, q in api.fixture.requests
+                if path.endswith("/usage/completions")}
+        midnight = dt.datetime(today.year, today.month, today.day, tzinfo=dt.timezone.utc)
+        assert ends == {int(midnight.timestamp())}

@@ -51,7 +51,8 @@ def register(sub: Any, add: Callable[..., Any]) -> None:
     p.add_argument("-f", "--file", required=True,
                    help="budgets.yaml with orgs.<org>.providers (see docs/drift.md)")
     p.add_argument("--org", help="the org, when several orgs map the provider")
-    p.add_argument("--until", help="last UTC day to compare, YYYY-MM-DD (default: today)")
+    p.add_argument("--until", help="last UTC day to compare, YYYY-MM-DD (default: yesterday, "
+                   "the last complete day: today's buckets are still filling)")
     p.add_argument("--threshold-percent", type=float, default=DEFAULT_THRESHOLD_PERCENT,
                    help="exit 4 when a row drifts more than this (default 1.0)")
     p.add_argument("--format", choices=["table", "csv", "json"],
@@ -99,14 +100,17 @@ def cmd_drift(ctx: Ctx) -> int:
     except (ap.SpecError, mp.MappingError) as e:
         raise DriftExit(2, str(e)) from None
     try:
-        today = (dt.date.fromisoformat(ns.until) if ns.until
-                 else dt.datetime.now(dt.timezone.utc).date())
+        # A partial day would show budgetd ahead of the provider's lagging
+        # buckets: a cron run would fail on spend that is merely not billed yet.
+        until = (dt.date.fromisoformat(ns.until) if ns.until
+                 else dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1))
     except ValueError:
         raise DriftExit(2, f"--until: {ns.until!r} is not YYYY-MM-DD") from None
     try:
-        start, end = month_range(ns.month, today)
+        start, end = month_range(ns.month, until)
     except ValueError as e:
-        raise DriftExit(2, f"--month: {e}") from None
+        hint = "" if ns.until else " (no complete day yet: --until YYYY-MM-DD includes today)"
+        raise DriftExit(2, f"--month: {e}{hint}") from None
     if ns.threshold_percent < 0:
         raise DriftExit(2, "--threshold-percent: must be >= 0")
     try:
