@@ -21,6 +21,7 @@ from budgetd.clock import ManualClock  # noqa: E402
 from budgetd.config import Settings  # noqa: E402
 from budgetd.embedded import EmbeddedRedis  # noqa: E402
 from budgetd.server import ServerThread  # noqa: E402
+from budgetd.windows import WALKER_KEY  # noqa: E402
 from budgetd_client import AdminClient, BudgetClient, CallPolicy  # noqa: E402
 
 # Tests run in the future: Redis applies EXPIREAT in real time, so window keys
@@ -82,13 +83,20 @@ def budgetd(r: redis.Redis, redis_server: EmbeddedRedis) -> Iterator[Budgetd]:
     b.close()
 
 
+WALKER_KEY_BYTES = WALKER_KEY.encode()
+
+
 def keyspace(client: redis.Redis) -> dict[bytes, Any]:
-    """Every key with its exact content (bytes) and whether it has a TTL.
+    """Every key with its exact content (bytes) and whether it has a TTL, but
+    the expiry walk's lease (bd:walker: the servers' background loop takes and
+    renews it on its own schedule; it holds no budget data).
 
     Content, not DUMP: a hashtable-encoded hash may dump its fields in another
     order after a mere read (incremental rehashing)."""
     out: dict[bytes, Any] = {}
     for key in client.scan_iter(count=1000):
+        if key == WALKER_KEY_BYTES:
+            continue
         kind = client.type(key)
         value: Any
         if kind == b"hash":
