@@ -448,3 +448,38 @@ def test_by_default_only_complete_days_are_compared(budgetd: Budgetd, mapping_fi
                 if path.endswith("/usage/completions")}
         midnight = dt.datetime(today.year, today.month, today.day, tzinfo=dt.timezone.utc)
         assert ends == {int(midnight.timestamp())}
+
+
+def test_anthropic_missing_spend_is_recorded_once_at_the_cost_report_price(
+        budgetd: Budgetd, mapping_file: str) -> None:
+    """--record-missing with Anthropic: the shortfall is charged at the cost
+    report's dollars (what was billed), with the token split the usage report
+    gives (uncached input, 5-minute and 1-hour cache writes, cache reads,
+    output), to the day it happened; a second run records nothing."""
+    set_test_pricing(budgetd.admin)
+    fx = Fixture(
+        anthropic_usage={D3: [anthropic_result(TEST_MODEL, "wrkspc_search", "apikey_a",
+                                               uncached=1000, output=200, cw5m=400, cw1h=100,
+                                               cache_read=300)]},
+        anthropic_costs={D3: [{"amount": "0.75", "currency": "USD", "cost_type": "tokens",
+                               "description": "x", "model": TEST_MODEL,
+                               "workspace_id": "wrkspc_search", "token_type": None}]})
+    with FakeAdminAPI(fx) as api:
+        code, doc, _ = drift(budgetd, api, mapping_file, "anthropic")
+        assert code == 4
+        row = rows_by(doc)[("2027-03-03", "search", TEST_MODEL)]
+        assert (row["status"], row["cost_source"]) == ("missing", "cost_report")
+        assert row["diff_tokens"] == 2000 and row["diff_cost_micros"] == 7500
+
+        code, doc, err = drift(budgetd, api, mapping_file, "anthropic", "--record-missing")
+        assert code == 0, err
+        assert [x["cost_micros"] for x in doc["recorded"]] == [7500]
+        rep = budgetd.admin.get_usage_report("acme", "day", "scope_model", "2027-03-03")
+        got = rep.row(f"search|{TEST_MODEL}")
+        assert (got.input_tokens, got.output_tokens, got.cache_write_tokens,
+                got.cache_read_tokens, got.cost_micros) == (1000, 200, 500, 300, 7500)
+
+        code, doc, _ = drift(budgetd, api, mapping_file, "anthropic", "--record-missing")
+        assert code == 0 and doc["recorded"] == []
+    rep = budgetd.admin.get_usage_report("acme", "day", "scope_model", "2027-03-03")
+    assert rep.row(f"search|{TEST_MODEL}").cost_micros == 7500
