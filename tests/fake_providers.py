@@ -22,6 +22,9 @@ class Plan:
     output_tokens: int = 20
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+    # Anthropic: of the cache writes, this many at the 1-hour TTL (the rest
+    # 5-minute), sent as usage.cache_creation; None: no split sent.
+    cache_creation_1h: int | None = None
     chunks: list[str] = field(default_factory=lambda: ["Hello", ", ", "world", "!"])
     # Streams: close the connection mid-body after this many text chunks.
     cut_after: int | None = None
@@ -114,9 +117,15 @@ class FakeProviders:
             self._error(h, plan, True)
             return
         model = body["model"]
-        usage = {"input_tokens": plan.input_tokens, "output_tokens": plan.output_tokens,
-                 "cache_creation_input_tokens": plan.cache_creation_input_tokens,
-                 "cache_read_input_tokens": plan.cache_read_input_tokens}
+        usage: dict[str, Any] = {
+            "input_tokens": plan.input_tokens, "output_tokens": plan.output_tokens,
+            "cache_creation_input_tokens": plan.cache_creation_input_tokens,
+            "cache_read_input_tokens": plan.cache_read_input_tokens}
+        if plan.cache_creation_1h is not None:
+            usage["cache_creation"] = {
+                "ephemeral_5m_input_tokens": plan.cache_creation_input_tokens
+                - plan.cache_creation_1h,
+                "ephemeral_1h_input_tokens": plan.cache_creation_1h}
         msg_id = f"msg_{len(self.requests)}"
         if not body.get("stream"):
             h._json(200, {

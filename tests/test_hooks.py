@@ -54,6 +54,27 @@ def test_anthropic_create_settles_usage_with_cache_prices(b: Budgetd,
     assert counters(b, "acme") == settled(690, cost(120, 30, 40, 500))
 
 
+def test_anthropic_1h_cache_writes_are_priced_at_the_1h_price(b: Budgetd,
+                                                              fake: FakeProviders) -> None:
+    """usage.cache_creation splits cache writes by TTL: 1-hour writes cost 2
+    micro-USD a token here, 5-minute ones 1.25, and each is charged as such,
+    in a plain call and in a stream."""
+    want = -(-(100 * 120 + 200 * 30 + 125 * 10 + 200 * 30) // 100)  # 253
+    fake.plans.append(Plan(input_tokens=120, output_tokens=30, cache_creation_input_tokens=40,
+                           cache_creation_1h=30))
+    client = guard(claude(fake), budget=budget_of(b), scope=SCOPE)
+    client.messages.create(model=TEST_MODEL, max_tokens=256, messages=MESSAGES)
+    assert counters(b) == settled(190, want)
+    assert want > cost(120, 30, 40)  # all at the 5-minute price would be less
+    fake.plans.append(Plan(input_tokens=120, output_tokens=30, cache_creation_input_tokens=40,
+                           cache_creation_1h=30))
+    stream = client.messages.create(model=TEST_MODEL, max_tokens=256, messages=MESSAGES,
+                                    stream=True)
+    for _ in stream:
+        pass
+    assert counters(b) == settled(380, 2 * want)
+
+
 def test_anthropic_stream_consumed_fully_counts_cumulative_delta_once(
         b: Budgetd, fake: FakeProviders) -> None:
     # message_delta repeats input and cache counts: adding them would double.
