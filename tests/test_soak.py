@@ -36,7 +36,9 @@ REDIS_SLACK_BYTES = 4 * 1024 * 1024
 PERMANENT = {b"bd:orgs", b"bd:pricing", f"bd:{{{ORG}}}:rules".encode(),
              f"bd:{{{ORG}}}:cfg".encode(), f"bd:{{{ORG}}}:exp".encode(),
              # Capped by length (XADD MAXLEN), not by TTL.
-             f"bd:{{{ORG}}}:alerts".encode()}
+             f"bd:{{{ORG}}}:alerts".encode(),
+             # The expiry walk's lease: PX of a few sweep intervals, renewed.
+             b"bd:walker"}
 
 
 @pytest.fixture()
