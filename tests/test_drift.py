@@ -35,7 +35,7 @@ orgs:
         workspaces: {wrkspc_search: search, default: ops}
         api_keys: {apikey_rerank: search/rerank}
       openai:
-        projects: {proj_search: search}
+        projects: {proj_search: search, proj_org: ""}
         api_keys: {key_rerank: search/rerank}
 """
 
@@ -296,8 +296,12 @@ def test_scheduled_check_raises_a_drift_alert_once(
     set_test_pricing(budgetd.admin)
     # budgetd saw 2000 of the 3000 tokens' worth: 1000 of 3000 micro-USD missing.
     record(budgetd, "acme/search", D3, "s1", input_tokens=2000)
-    fx = Fixture(openai_usage={D3: [openai_result(TEST_MODEL, "proj_search", None,
-                                                  input_tokens=2000, output=500)]})
+    # And, same day and model, org-level spend budgetd never saw, and usage of a
+    # project the mapping does not know: each its own alert.
+    fx = Fixture(openai_usage={D3: [
+        openai_result(TEST_MODEL, "proj_search", None, input_tokens=2000, output=500),
+        openai_result(TEST_MODEL, "proj_org", None, input_tokens=100),
+        openai_result(TEST_MODEL, "proj_unknown", None, input_tokens=100)]})
     with FakeAdminAPI(fx) as api:
         settings = Settings(listen="127.0.0.1:0", redis_url=redis_server.url,
                             redis_timeout_s=5.0, drift_provider="openai",
@@ -308,8 +312,11 @@ def test_scheduled_check_raises_a_drift_alert_once(
         try:
             alerts = list(b.admin.watch_alerts("acme", after_id="0", timeout_s=5))
             drift_alerts = [a for a in alerts if a.kind == "drift"]
-            assert len(drift_alerts) == 1
-            a = drift_alerts[0]
+            assert sorted((str(a.scope), a.request_id) for a in drift_alerts) == [
+                ("acme", f"drift:openai:{TEST_MODEL}"),
+                ("acme", f"drift:openai:{TEST_MODEL}:unmapped"),
+                ("acme/search", f"drift:openai:{TEST_MODEL}")]
+            a = next(a for a in drift_alerts if str(a.scope) == "acme/search")
             assert str(a.scope) == "acme/search" and a.window_id == "2027-03-03"
             assert a.unit == "cost_micros" and a.limit == 3000 and a.consumed == 2000
             assert a.threshold_percent == 34 and a.request_id == f"drift:openai:{TEST_MODEL}"
@@ -317,7 +324,7 @@ def test_scheduled_check_raises_a_drift_alert_once(
             time.sleep(0.6)  # more runs
             assert len(fx.requests) > n_requests
             kinds = [e[1][b"kind"] for e in r.xrange("bd:{acme}:alerts")]
-            assert kinds.count(b"drift") == 1
+            assert kinds.count(b"drift") == 3
         finally:
             b.close()
 

@@ -133,7 +133,10 @@ class DriftChecker:
         else:
             unit, limit, consumed = "t", row.provider_tokens.total, row.ledger.total
         pct = min(abs(row.drift_percent), 1e6)
-        rid = f"drift:{self.cfg.provider}:{row.model}"
+        # Unmapped usage alerts on the org's path too: its own id keeps its
+        # once-per-day marker apart from the org-level row's.
+        rid = (f"drift:{self.cfg.provider}:{row.model}"
+               + (":unmapped" if row.scope == dr.UNMAPPED else ""))
         day_end_s = int(dt.datetime(row.day.year, row.day.month, row.day.day,
                                     tzinfo=dt.timezone.utc).timestamp()) + 86_400
         fields = ["kind", "drift", "path", path, "w", "d", "u", unit, "mode", "",
