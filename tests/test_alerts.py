@@ -253,3 +253,22 @@ def test_alert_fields_survive_the_stream(b: Budgetd) -> None:
     a = res.raw.alerts[0]
     assert (a.scope.org, a.scope.team, a.scope.feature, a.window_id, a.unit) == (
         "acme", "t", "f", "2027-03", pb.UNIT_COST_MICROS)
+
+
+def test_the_alert_stream_is_capped(b: Budgetd, r: redis.Redis) -> None:
+    """Each org's alert stream is capped near 10,000 entries (XADD MAXLEN ~):
+    an org that has fired alerts for years holds the newest ones, not all."""
+    cap = 10_000
+    pipe = r.pipeline(transaction=False)
+    for i in range(cap + 500):
+        pipe.xadd(STREAM, {"kind": "threshold", "path": "acme", "w": "d", "u": "t",
+                           "mode": "h", "th": "50", "limit": "10", "consumed": "5",
+                           "wid": "d20270101", "at": "1", "rid": f"old{i}"})
+    pipe.execute()
+    b.admin.set_budget("acme/search", "day", "tokens", 1000, alert_thresholds_percent=[50])
+    res = b.client.reserve("acme/search", TEST_MODEL, tokens=600, cost_micros=1)
+    assert [a.threshold_percent for a in res.raw.alerts] == [50]
+    # '~' trims whole stream nodes (100 entries each here): at most one node over.
+    assert cap <= r.xlen(STREAM) <= cap + 100
+    newest = r.xrevrange(STREAM, count=1)[0]
+    assert newest[0].decode() == res.raw.alerts[0].id

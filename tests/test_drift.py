@@ -183,6 +183,24 @@ def test_pagination_over_several_pages(budgetd: Budgetd, mapping_file: str) -> N
     assert len(doc["rows"]) == 14 and all(x["status"] == "ok" for x in doc["rows"])
 
 
+def test_openai_pagination_over_several_pages(budgetd: Budgetd, mapping_file: str) -> None:
+    set_test_pricing(budgetd.admin)
+    days = [dt.date(2027, 3, d) for d in range(1, 15)]
+    fx = Fixture(openai_usage={
+        d: [openai_result(TEST_MODEL, "proj_search", "k", input_tokens=100 * d.day)]
+        for d in days})
+    for d in days:
+        record(budgetd, "acme/search", d, f"p{d.day}", input_tokens=100 * d.day)
+    with FakeAdminAPI(fx) as api:
+        code, doc, err = drift(budgetd, api, mapping_file, "openai", "--page-limit", "4")
+        reqs = [dict(q) for path, q in fx.requests if path.endswith("/usage/completions")]
+    assert code == 0, err
+    # 15 daily buckets (1st..15th), 4 per page, each page asked with the cursor.
+    assert [q.get("page") for q in reqs] == [None, "page_4", "page_8", "page_12"]
+    assert {q["limit"] for q in reqs} == {"4"} and {q["bucket_width"] for q in reqs} == {"1d"}
+    assert len(doc["rows"]) == 14 and all(x["status"] == "ok" for x in doc["rows"])
+
+
 def test_429_retry_after_is_honoured_and_bounded(budgetd: Budgetd, mapping_file: str) -> None:
     set_test_pricing(budgetd.admin)
     fx = Fixture(openai_usage={D1: [openai_result(TEST_MODEL, "proj_search", None,
