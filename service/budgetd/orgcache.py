@@ -93,7 +93,7 @@ class OrgConfig:
         layout: list[str] = []
         described: list[str] = []
         for f, i, win, u in rules:
-            used[win].append(f"u|{f.rsplit('|', 2)[0]}|{u}")
+            used[win].append(f"u|{paths[i]}|{u}")
             value = self.rules[f]
             limit, mode, ths = value.split("|")
             # One character says which reserved counter, window and mode.
