@@ -161,14 +161,20 @@ def test_extra_spend_in_budgetd(budgetd: Budgetd, mapping_file: str) -> None:
     assert doc["recorded"] == []  # never "records" a negative
 
 
-def test_pagination_over_several_pages(budgetd: Budgetd, mapping_file: str) -> None:
-    set_test_pricing(budgetd.admin)
+def fourteen_matching_days(b: Budgetd, provider: str) -> Fixture:
+    """March 1st-14th: the provider's usage and budgetd's ledger agree, one
+    row a day (15 daily buckets through the 15th: several pages)."""
+    set_test_pricing(b.admin)
     days = [dt.date(2027, 3, d) for d in range(1, 15)]
-    fx = Fixture(anthropic_usage={
-        d: [anthropic_result(TEST_MODEL, "wrkspc_search", "k", uncached=100 * d.day)]
-        for d in days})
     for d in days:
-        record(budgetd, "acme/search", d, f"p{d.day}", input_tokens=100 * d.day)
+        record(b, "acme/search", d, f"p{d.day}", input_tokens=100 * d.day)
+    usage = {d: [usage_result(provider, TEST_MODEL, 100 * d.day)] for d in days}
+    return (Fixture(openai_usage=usage) if provider == "openai"
+            else Fixture(anthropic_usage=usage))
+
+
+def test_pagination_over_several_pages(budgetd: Budgetd, mapping_file: str) -> None:
+    fx = fourteen_matching_days(budgetd, "anthropic")
     with FakeAdminAPI(fx) as api:
         code, doc, err = drift(budgetd, api, mapping_file, "anthropic", "--page-limit", "4",
                                "--no-cost-report")
@@ -184,13 +190,7 @@ def test_pagination_over_several_pages(budgetd: Budgetd, mapping_file: str) -> N
 
 
 def test_openai_pagination_over_several_pages(budgetd: Budgetd, mapping_file: str) -> None:
-    set_test_pricing(budgetd.admin)
-    days = [dt.date(2027, 3, d) for d in range(1, 15)]
-    fx = Fixture(openai_usage={
-        d: [openai_result(TEST_MODEL, "proj_search", "k", input_tokens=100 * d.day)]
-        for d in days})
-    for d in days:
-        record(budgetd, "acme/search", d, f"p{d.day}", input_tokens=100 * d.day)
+    fx = fourteen_matching_days(budgetd, "openai")
     with FakeAdminAPI(fx) as api:
         code, doc, err = drift(budgetd, api, mapping_file, "openai", "--page-limit", "4")
         reqs = [dict(q) for path, q in fx.requests if path.endswith("/usage/completions")]

@@ -8,12 +8,15 @@ import math
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 import redis
 from budgetd.clock import ManualClock
 from budgetd.config import Settings
 from budgetd.embedded import EmbeddedRedis
+from budgetd.ledger import Ledger
 from budgetd.server import ServerThread
 from budgetd_client import BudgetClient, CallPolicy, Reservation
 from cluster import wait_until
@@ -23,39 +26,53 @@ ORGS = 400
 SHARE = 0.25
 
 
-def test_the_walk_expires_every_org_in_shares(r: redis.Redis,
-                                               redis_server: EmbeddedRedis) -> None:
+@dataclass
+class Idle:
+    """A budgetd whose background loop ran once at start and then sleeps past
+    the test: the test drives expiry itself."""
+
+    thread: ServerThread
+    clock: ManualClock
+    ledger: Ledger
+
+    def reserve_expiring(self, scopes: list[str], tokens: int) -> None:
+        """One reservation per scope, each expiring after 1 s, then 2 s pass."""
+        with BudgetClient(self.thread.address,
+                          policy=CallPolicy(timeout_s=30, total_timeout_s=60)) as client:
+            out = client.reserve_batch([{"scope": s, "model": "m", "tokens": tokens,
+                                         "cost_micros": 1, "ttl_seconds": 1} for s in scopes])
+            assert all(isinstance(x, Reservation) and x.allowed for x in out)
+        self.clock.advance_s(2)
+
+
+@pytest.fixture()
+def idle(r: redis.Redis, redis_server: EmbeddedRedis) -> Iterator[Idle]:
     clock = ManualClock(ms(T0))
-    # The background loop runs once at start, then sleeps past the test: the
-    # test drives the walk itself.
     settings = Settings(listen="127.0.0.1:0", redis_url=redis_server.url,
                         expiry_interval_s=3600, redis_timeout_s=5.0)
     thread = ServerThread(settings, clock).start()
     try:
-        ledger = thread.app.ledger
-        assert ledger is not None
-        with BudgetClient(thread.address,
-                          policy=CallPolicy(timeout_s=30, total_timeout_s=60)) as client:
-            out = client.reserve_batch([{"scope": f"w{i}/t", "model": "m", "tokens": 5,
-                                         "cost_micros": 1, "ttl_seconds": 1}
-                                        for i in range(ORGS)])
-            assert all(isinstance(x, Reservation) and x.allowed for x in out)
-        clock.advance_s(2)
-
-        first = int(thread.call(ledger.expire_walk(SHARE)))
-        # One step visits about a share of the orgs, not all of them.
-        assert 0 < first <= ORGS // 2, first
-        total, steps = first, 1
-        while total < ORGS:
-            total += int(thread.call(ledger.expire_walk(SHARE)))
-            steps += 1
-            assert steps <= math.ceil(1 / SHARE) + 1, (steps, total)
-        assert total == ORGS
-        assert all(r.zcard(f"bd:{{w{i}}}:exp") == 0 for i in range(ORGS))
-        assert all(int(r.hget(f"bd:{{w{i}}}:w:d20270315", "r|w{i}/t|t") or 0) == 0
-                   for i in range(ORGS))
+        assert thread.app.ledger is not None
+        yield Idle(thread, clock, thread.app.ledger)
     finally:
         thread.stop()
+
+
+def test_the_walk_expires_every_org_in_shares(idle: Idle, r: redis.Redis) -> None:
+    thread, ledger = idle.thread, idle.ledger
+    idle.reserve_expiring([f"w{i}/t" for i in range(ORGS)], tokens=5)
+    first = int(thread.call(ledger.expire_walk(SHARE)))
+    # One step visits about a share of the orgs, not all of them.
+    assert 0 < first <= ORGS // 2, first
+    total, steps = first, 1
+    while total < ORGS:
+        total += int(thread.call(ledger.expire_walk(SHARE)))
+        steps += 1
+        assert steps <= math.ceil(1 / SHARE) + 1, (steps, total)
+    assert total == ORGS
+    assert all(r.zcard(f"bd:{{w{i}}}:exp") == 0 for i in range(ORGS))
+    assert all(int(r.hget(f"bd:{{w{i}}}:w:d20270315", "r|w{i}/t|t") or 0) == 0
+               for i in range(ORGS))
 
 
 @pytest.mark.parametrize("flag", ["--expiry-interval-s", "--expiry-full-sweep-s"])
@@ -103,34 +120,18 @@ def test_one_process_of_all_replicas_walks_and_another_takes_over_when_it_stops(
                 t.stop()
 
 
-def test_each_expiry_run_does_bounded_work_per_org(r: redis.Redis,
-                                                   redis_server: EmbeddedRedis) -> None:
+def test_each_expiry_run_does_bounded_work_per_org(idle: Idle, r: redis.Redis) -> None:
     """One script call expires at most EXPIRE_BATCH reservations of an org
     (a bounded Redis step), and the org is visited again for the rest."""
     from budgetd.limits import EXPIRE_BATCH
 
-    clock = ManualClock(ms(T0))
-    settings = Settings(listen="127.0.0.1:0", redis_url=redis_server.url,
-                        expiry_interval_s=3600, redis_timeout_s=5.0)
-    thread = ServerThread(settings, clock).start()
-    try:
-        ledger = thread.app.ledger
-        assert ledger is not None
-        n = EXPIRE_BATCH + 50
-        with BudgetClient(thread.address,
-                          policy=CallPolicy(timeout_s=30, total_timeout_s=60)) as client:
-            out = client.reserve_batch([{"scope": "one/t", "model": "m", "tokens": 2,
-                                         "cost_micros": 1, "ttl_seconds": 1}
-                                        for _ in range(n)])
-            assert all(isinstance(x, Reservation) and x.allowed for x in out)
-        clock.advance_s(2)
-        r.config_resetstat()
-        assert thread.call(ledger.expire_org("one")) == EXPIRE_BATCH
-        assert r.zcard("bd:{one}:exp") == 50
-        # The sweep of the due second comes back for the rest.
-        assert thread.call(ledger.expire_active()) == 50
-        assert r.zcard("bd:{one}:exp") == 0
-        assert int(r.info("commandstats")["cmdstat_evalsha"]["calls"]) == 2
-        assert int(r.hget("bd:{one}:w:d20270315", "r|one/t|t") or 0) == 0
-    finally:
-        thread.stop()
+    thread, ledger = idle.thread, idle.ledger
+    idle.reserve_expiring(["one/t"] * (EXPIRE_BATCH + 50), tokens=2)
+    r.config_resetstat()
+    assert thread.call(ledger.expire_org("one")) == EXPIRE_BATCH
+    assert r.zcard("bd:{one}:exp") == 50
+    # The sweep of the due second comes back for the rest.
+    assert thread.call(ledger.expire_active()) == 50
+    assert r.zcard("bd:{one}:exp") == 0
+    assert int(r.info("commandstats")["cmdstat_evalsha"]["calls"]) == 2
+    assert int(r.hget("bd:{one}:w:d20270315", "r|one/t|t") or 0) == 0
