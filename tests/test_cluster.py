@@ -4,6 +4,7 @@ failover in the middle of traffic."""
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 import threading
 import time
@@ -15,6 +16,7 @@ import pytest
 import redis
 from budgetd.clock import ManualClock
 from budgetd.config import Settings
+from budgetd.redis_conn import connect_redis
 from budgetd.server import ServerThread
 from budgetd_client import AlreadyExists, BudgetClient, BudgetError, CallPolicy, Usage
 from cluster import LocalCluster, wait_until
@@ -158,6 +160,53 @@ def test_noscript_after_script_flush_on_every_node(cluster: LocalCluster, b: Bud
     assert b.client.reserve("ns/t", "m", tokens=1, cost_micros=1).allowed
     batcher = b.thread.app.batcher
     assert batcher is not None and batcher.stats.noscript >= 1
+
+
+def test_a_slot_map_refresh_fails_calls_in_flight_only_as_lost_connections(
+        cluster: LocalCluster, rc: redis.RedisCluster) -> None:
+    """A slot-map refresh (redis-py's after a node error, or budgetd's batcher
+    after a failover) closes every pooled connection, also one a concurrent
+    command or pipeline is writing on. Such a call must fail as a lost
+    connection (retried by redis-py, else answered UNAVAILABLE and retried by
+    the client with its request_id), never with redis-py's AttributeError on
+    the closed writer, which reached a caller as UNKNOWN in a failover."""
+    rc.hset("bd:{refresh}:x", "f", "v")
+
+    async def run() -> tuple[int, list[BaseException]]:
+        client = connect_redis(cluster.url, timeout_s=2.0)
+        errors: list[BaseException] = []
+        ok = 0
+
+        async def reads(worker: int) -> None:
+            nonlocal ok
+            for _ in range(150):
+                try:
+                    if worker % 2:
+                        got = await client.hmget("bd:{refresh}:x", "f")
+                    else:
+                        pipe = client.pipeline(transaction=False)
+                        pipe.hmget("bd:{refresh}:x", "f")
+                        got = (await pipe.execute())[0]
+                    assert got == [b"v"]
+                    ok += 1
+                except Exception as e:  # every kind is collected and checked below
+                    errors.append(e)
+
+        async def refreshes() -> None:
+            for _ in range(150):
+                await client.aclose()
+                await client.initialize()
+                await asyncio.sleep(0.002)
+
+        await client.initialize()
+        await asyncio.gather(*(reads(i) for i in range(16)), refreshes())
+        await client.aclose()
+        return ok, errors
+
+    ok, errors = asyncio.run(run())
+    assert ok > 0
+    unexpected = [e for e in errors if type(e) not in (redis.ConnectionError, redis.TimeoutError)]
+    assert not unexpected, unexpected[:3]
 
 
 @pytest.fixture()

@@ -415,14 +415,9 @@ class ScriptBatcher:
         cmds = [PipelineCommand(i, *c.command()) for i, c in enumerate(calls)]
         if self.wait_replicas:
             cmds.append(PipelineCommand(len(cmds), *self._wait_cmd()))
-        try:
-            await node.execute_pipeline(cmds)
-        except AttributeError as e:
-            # redis-py closes every node's connections when it refreshes the
-            # slot map (its own error handling and ours); a pipeline caught
-            # mid-send finds its writer gone. That is a lost connection: the
-            # calls are idempotent by request_id and go again.
-            raise RedisConnectionError(f"connection to {node.name} closed mid-send") from e
+        # A connection closed under the send by a slot-map refresh fails as
+        # a lost connection (redis_conn._SendGuard): the calls go again.
+        await node.execute_pipeline(cmds)
         results = [cmd.result for cmd in cmds[:len(calls)]]
         if not self.wait_replicas:
             return results

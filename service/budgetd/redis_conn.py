@@ -19,6 +19,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from budgetd.errors import BudgetdError
 
@@ -43,6 +44,44 @@ class RedisUrlError(BudgetdError):
 
     def __init__(self, message: str) -> None:
         super().__init__(f"redis_url: {message}")
+
+
+class _SendGuard:
+    """A connection whose send fails as a lost connection when the socket is
+    closed under it. A slot-map refresh (redis-py's own after a node error,
+    or the batcher's after a failover) closes every pooled connection of
+    every node, also one a concurrent command or pipeline is about to write
+    on; redis-py then fails with AttributeError on the vanished writer, which
+    budgetd would answer UNKNOWN. As a ConnectionError it is retried like any
+    lost connection (reads, and budgetd's scripts, idempotent by request_id,
+    are safe to send again)."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        except AttributeError as e:
+            raise RedisConnectionError("connection closed while sending (slot-map refresh)") from e
+
+
+class _GuardedConnection(_SendGuard, aioredis.Connection):
+    pass
+
+
+class _GuardedSSLConnection(_SendGuard, aioredis.SSLConnection):
+    pass
+
+
+class SafeRedisCluster(RedisCluster):
+    """RedisCluster whose node connections are guarded (_SendGuard)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        guarded = (_GuardedSSLConnection if self.connection_kwargs["connection_class"]
+                   is aioredis.SSLConnection else _GuardedConnection)
+        # One dict, shared with the nodes manager: nodes found later use it.
+        self.connection_kwargs["connection_class"] = guarded
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = guarded
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +142,7 @@ def connect_redis(url: str, timeout_s: float) -> Any:
         if path.strip("/"):
             raise RedisUrlError("a cluster has only db 0: drop the /path")
         nodes = [ClusterNode(e.host, e.port) for e in _endpoints(hosts, url)]
-        return RedisCluster(
+        return SafeRedisCluster(
             startup_nodes=nodes,
             # Keep the configured seeds: after a failover the old master may
             # be gone, and discovered nodes may not be reachable names.
