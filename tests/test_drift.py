@@ -189,6 +189,28 @@ def test_pagination_over_several_pages(budgetd: Budgetd, mapping_file: str) -> N
     assert len(doc["rows"]) == 14 and all(x["status"] == "ok" for x in doc["rows"])
 
 
+def test_cost_report_pagination_over_several_pages(budgetd: Budgetd, mapping_file: str) -> None:
+    """The cost report is read page by page like the usage report: every
+    day's dollars reach the comparison, not only the first page's."""
+    fx = fourteen_matching_days(budgetd, "anthropic")
+    # 100 * day input tokens at 1 micro-USD each: amounts in cents (1 cent = 10,000 micros).
+    fx.anthropic_costs = {
+        dt.date(2027, 3, d): [{"amount": f"{d / 100:.2f}", "currency": "USD",
+                               "cost_type": "tokens", "description": "x", "model": TEST_MODEL,
+                               "workspace_id": "wrkspc_search", "token_type": None}]
+        for d in range(1, 15)}
+    with FakeAdminAPI(fx) as api:
+        code, doc, err = drift(budgetd, api, mapping_file, "anthropic", "--page-limit", "4")
+        reqs = [dict(q) for path, q in fx.requests if path.endswith("/cost_report")]
+    assert code == 0, err
+    assert [q.get("page") for q in reqs] == [None, "page_4", "page_8", "page_12"]
+    rows = doc["rows"]
+    assert len(rows) == 14 and all(x["status"] == "ok" for x in rows)
+    assert all(x["cost_source"] == "cost_report" for x in rows)
+    last = rows_by(doc)[("2027-03-14", "search", TEST_MODEL)]
+    assert last["provider"]["cost_micros"] == last["budgetd"]["cost_micros"] == 1400
+
+
 def test_openai_pagination_over_several_pages(budgetd: Budgetd, mapping_file: str) -> None:
     fx = fourteen_matching_days(budgetd, "openai")
     with FakeAdminAPI(fx) as api:
