@@ -111,7 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/v1/organizations/usage_report/messages":
             groups = set(q.get("group_by[]", []))
             src = fx.anthropic_usage
-            drop = {"model", "workspace_id", "api_key_id"} - groups
+            drop = {"model", "workspace_id", "api_key_id", "service_tier"} - groups
         elif path == "/v1/organizations/cost_report":
             groups = set(q.get("group_by[]", []))
             src = fx.anthropic_costs
@@ -143,7 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
             chunk, nxt = self._page(days, q, 7)
         except ValueError:
             return self._error(400, "invalid_request_error", "limit")
-        drop = {"model", "project_id", "api_key_id"} - set(q.get("group_by", []))
+        drop = {"model", "project_id", "api_key_id", "batch"} - set(q.get("group_by", []))
 
         def ts(d: dt.date) -> int:
             return int(dt.datetime(d.year, d.month, d.day, tzinfo=dt.timezone.utc).timestamp())
@@ -184,19 +184,20 @@ class FakeAdminAPI:
 
 def anthropic_result(model: str, workspace: str | None, api_key: str | None, *,
                      uncached: int = 0, output: int = 0, cw5m: int = 0, cw1h: int = 0,
-                     cache_read: int = 0) -> dict[str, Any]:
+                     cache_read: int = 0, service_tier: str = "standard") -> dict[str, Any]:
     return {"uncached_input_tokens": uncached,
             "cache_creation": {"ephemeral_1h_input_tokens": cw1h,
                                "ephemeral_5m_input_tokens": cw5m},
             "cache_read_input_tokens": cache_read, "output_tokens": output,
             "server_tool_use": {"web_search_requests": 0}, "model": model,
-            "workspace_id": workspace, "api_key_id": api_key, "service_tier": None,
+            "workspace_id": workspace, "api_key_id": api_key, "service_tier": service_tier,
             "context_window": None}
 
 
 def openai_result(model: str, project: str | None, api_key: str | None, *, input_tokens: int,
-                  cached: int = 0, output: int = 0, requests: int = 1) -> dict[str, Any]:
+                  cached: int = 0, output: int = 0, requests: int = 1,
+                  batch: bool = False) -> dict[str, Any]:
     return {"input_tokens": input_tokens, "input_cached_tokens": cached,
             "output_tokens": output, "input_audio_tokens": 0, "output_audio_tokens": 0,
             "num_model_requests": requests, "project_id": project, "user_id": None,
-            "api_key_id": api_key, "model": model, "batch": None}
+            "api_key_id": api_key, "model": model, "batch": batch}

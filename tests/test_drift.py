@@ -54,8 +54,8 @@ def keys(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def record(b: Budgetd, scope: str, day: dt.date, rid: str, model: str = TEST_MODEL,
-           **usage: int) -> None:
-    b.client.record(scope, model, usage, request_id=rid,
+           batch: bool = False, **usage: int) -> None:
+    b.client.record(scope, model, usage, request_id=rid, batch=batch,
                     occurred_at=dt.datetime(day.year, day.month, day.day, 9,
                                             tzinfo=dt.timezone.utc))
 
@@ -159,6 +159,45 @@ def test_extra_spend_in_budgetd(budgetd: Budgetd, mapping_file: str) -> None:
     assert row["status"] == "extra" and row["diff_tokens"] == -500
     assert row["diff_cost_micros"] == -500 and row["drift_percent"] == -50.0
     assert doc["recorded"] == []  # never "records" a negative
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_batch_usage_is_priced_at_the_batch_discount(budgetd: Budgetd, mapping_file: str,
+                                                      provider: str) -> None:
+    """Batch API usage is billed at the batch discount (half, for the test
+    model), as budgetd charges a batch request. Priced at the standard rate,
+    the provider's side would show drift that is not there, and
+    --record-missing would charge missing batch tokens at full price."""
+    set_test_pricing(budgetd.admin)
+
+    def used(tokens: int, batch: bool) -> dict[str, Any]:
+        if provider == "openai":
+            return openai_result(TEST_MODEL, "proj_search", None, input_tokens=tokens,
+                                 batch=batch)
+        return anthropic_result(TEST_MODEL, "wrkspc_search", "apikey_a", uncached=tokens,
+                                service_tier="batch" if batch else "standard")
+
+    usage = {D1: [used(1000, True), used(400, False)], D2: [used(2000, True)]}
+    fx = (Fixture(openai_usage=usage) if provider == "openai"
+          else Fixture(anthropic_usage=usage))
+    record(budgetd, "acme/search", D1, "b1", batch=True, input_tokens=1000)
+    record(budgetd, "acme/search", D1, "s1", input_tokens=400)
+    record(budgetd, "acme/search", D2, "b2", batch=True, input_tokens=1000)
+    extra = ("--no-cost-report",) if provider == "anthropic" else ()
+    with FakeAdminAPI(fx) as api:
+        code, doc, err = drift(budgetd, api, mapping_file, provider, *extra)
+        assert code == 4, err
+        rows = rows_by(doc)
+        d1 = rows[("2027-03-01", "search", TEST_MODEL)]
+        assert d1["status"] == "ok" and d1["provider"]["batch_tokens"] == 1000
+        assert d1["provider"]["cost_micros"] == d1["budgetd"]["cost_micros"] == 900
+        d2 = rows[("2027-03-02", "search", TEST_MODEL)]
+        assert d2["diff_tokens"] == 1000 and d2["diff_cost_micros"] == 500
+        code, doc, err = drift(budgetd, api, mapping_file, provider, "--record-missing", *extra)
+    assert code == 0, err
+    assert [(r["day"], r["tokens"], r["cost_micros"]) for r in doc["recorded"]] == [
+        ("2027-03-02", 1000, 500)]
+    assert all(r["status"] == "ok" for r in doc["rows"])
 
 
 def fourteen_matching_days(b: Budgetd, provider: str) -> Fixture:

@@ -154,8 +154,11 @@ def record_missing(ctx: Ctx, provider: str, org: str, rows: list[dr.DriftRow]
                             "(budgetctl pricing set)"})
             continue
         cost = None
-        if r.cost_source == "cost_report" and r.diff_cost_micros is not None:
-            cost = max(0, r.diff_cost_micros)  # the provider's dollars, not our prices
+        if r.diff_cost_micros is not None and (r.cost_source == "cost_report"
+                                               or r.provider_batch_tokens.total):
+            # The provider's dollars, or its batch-discounted price: the
+            # server would price the missing tokens at the standard rate.
+            cost = max(0, r.diff_cost_micros)
         usage = {"input_tokens": missing.input, "output_tokens": missing.output,
                  "cache_creation_input_tokens": missing.cache_write,
                  "cache_read_input_tokens": missing.cache_read,

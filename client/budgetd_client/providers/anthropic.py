@@ -2,7 +2,8 @@
 
 GET /v1/organizations/usage_report/messages
     starting_at, ending_at (RFC 3339), bucket_width=1d,
-    group_by[]=model&group_by[]=workspace_id&group_by[]=api_key_id, limit, page
+    group_by[]=model&group_by[]=workspace_id&group_by[]=api_key_id&group_by[]=service_tier,
+    limit, page
     -> {data: [{starting_at, ending_at, results: [{uncached_input_tokens,
         cache_creation: {ephemeral_5m_input_tokens, ephemeral_1h_input_tokens},
         cache_read_input_tokens, output_tokens, model, workspace_id, api_key_id}]}],
@@ -88,7 +89,8 @@ class AnthropicAdmin:
         """Messages usage per UTC day, model, workspace and API key in [start, end)."""
         params = [("starting_at", _rfc3339(start)), ("ending_at", _rfc3339(end)),
                   ("bucket_width", "1d"), ("group_by[]", "model"),
-                  ("group_by[]", "workspace_id"), ("group_by[]", "api_key_id")]
+                  ("group_by[]", "workspace_id"), ("group_by[]", "api_key_id"),
+                  ("group_by[]", "service_tier")]
         out = []
         for b in self._pages("/v1/organizations/usage_report/messages", params):
             day = _day(b.get("starting_at"), "starting_at")
@@ -102,7 +104,8 @@ class AnthropicAdmin:
                     cache_write_1h=_int(cc.get("ephemeral_1h_input_tokens"), where),
                     cache_read=_int(r.get("cache_read_input_tokens"), where))
                 out.append(UsageRow(day, str(r.get("model") or "(unknown)"),
-                                    r.get("workspace_id"), r.get("api_key_id"), tokens))
+                                    r.get("workspace_id"), r.get("api_key_id"), tokens,
+                                    batch=r.get("service_tier") == "batch"))
         return out
 
     def costs(self, start: dt.date, end: dt.date) -> list[CostRow]:

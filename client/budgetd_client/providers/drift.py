@@ -89,7 +89,8 @@ class Pricer:
         m = self.lookup(model)
         return model if m is None else str(m.model)
 
-    def cost_micros(self, model: str, day: dt.date, t: Tokens) -> int | None:
+    def cost_micros(self, model: str, day: dt.date, t: Tokens, batch: bool = False
+                    ) -> int | None:
         m = self.lookup(model)
         if m is None:
             return None
@@ -100,9 +101,13 @@ class Pricer:
                 p = v.prices
         if p is None:
             return None
-        num = (t.input * p.input + t.output * p.output + t.cache_write_5m * p.cache_write_5m
-               + t.cache_write_1h * p.cache_write_1h + t.cache_read * p.cache_read)
-        return -(-num // 1_000_000)
+        # As the server prices a request: the batch discount on input and
+        # output only, summed exactly in 1/100 units, rounded up once.
+        keep = 100 - m.batch_discount_percent if batch else 100
+        num = ((t.input * p.input + t.output * p.output) * keep
+               + (t.cache_write_5m * p.cache_write_5m + t.cache_write_1h * p.cache_write_1h
+                  + t.cache_read * p.cache_read) * 100)
+        return -(-num // 100_000_000)
 
 
 @dataclass(slots=True)
@@ -111,6 +116,7 @@ class DriftRow:
     scope: str  # relative to the org; UNMAPPED for provider ids with no scope
     model: str
     provider_tokens: Tokens = field(default_factory=Tokens)
+    provider_batch_tokens: Tokens = field(default_factory=Tokens)  # part of provider_tokens
     provider_cost_micros: int | None = 0
     cost_source: str = "pricing"  # 'pricing' | 'cost_report' | 'unknown_model'
     ledger: LedgerRow = field(default_factory=LedgerRow)
@@ -149,6 +155,16 @@ class DriftRow:
             return "extra"
         return "ok" if not self.diff_cost_micros else "cost_differs"
 
+    def priced(self, pricer: Pricer) -> int | None:
+        """The provider's tokens at budgetd's prices, batch usage at the batch discount."""
+        b = self.provider_batch_tokens
+        standard = self.provider_tokens - b
+        cost = pricer.cost_micros(self.model, self.day, standard)
+        if cost is None or not b.total:
+            return cost
+        batch_cost = pricer.cost_micros(self.model, self.day, b, batch=True)
+        return None if batch_cost is None else cost + batch_cost
+
     def over(self, threshold_percent: float) -> bool:
         return abs(self.drift_percent) > threshold_percent
 
@@ -169,7 +185,8 @@ class DriftRow:
             "status": self.status, "cost_source": self.cost_source,
             "provider": {"input_tokens": t.input, "output_tokens": t.output,
                          "cache_write_tokens": t.cache_write, "cache_read_tokens": t.cache_read,
-                         "tokens": t.total, "cost_micros": self.provider_cost_micros},
+                         "tokens": t.total, "batch_tokens": self.provider_batch_tokens.total,
+                         "cost_micros": self.provider_cost_micros},
             "budgetd": {"input_tokens": lg.input, "output_tokens": lg.output,
                         "cache_write_tokens": lg.cache_write,
                         "cache_read_tokens": lg.cache_read, "tokens": lg.total,
@@ -221,6 +238,8 @@ def compare(pm: ProviderMap, usage: list[UsageRow], costs: list[CostRow] | None,
                 raise ValueError(f"more than {MAX_ROWS} (day, scope, model) rows")
             row = rows[k] = DriftRow(*k)
         row.provider_tokens = row.provider_tokens + u.tokens
+        if u.batch:
+            row.provider_batch_tokens = row.provider_batch_tokens + u.tokens
         if scope is None:
             ident = f"workspace={u.workspace or 'default'} api_key={u.api_key or '-'}"
             if ident not in row.identities and len(row.identities) < 20:
@@ -240,7 +259,7 @@ def compare(pm: ProviderMap, usage: list[UsageRow], costs: list[CostRow] | None,
         # Callers may use several names of one model on one day: sum them.
         row.ledger = row.ledger + lg
     for row in rows.values():
-        row.provider_cost_micros = pricer.cost_micros(row.model, row.day, row.provider_tokens)
+        row.provider_cost_micros = row.priced(pricer)
         row.cost_source = "pricing" if row.provider_cost_micros is not None else "unknown_model"
     for c in costs or []:
         model = canonical(c.model)

@@ -2,10 +2,10 @@
 
 GET /v1/organization/usage/completions
     start_time, end_time (unix s), bucket_width=1d,
-    group_by=model&group_by=project_id&group_by=api_key_id, limit, page
+    group_by=model&group_by=project_id&group_by=api_key_id&group_by=batch, limit, page
     -> {object: "page", data: [{object: "bucket", start_time, end_time,
         results: [{input_tokens (cached included), input_cached_tokens, output_tokens,
-        num_model_requests, project_id, api_key_id, model}]}], has_more, next_page}
+        num_model_requests, project_id, api_key_id, model, batch}]}], has_more, next_page}
 Header: Authorization: Bearer <admin key> (OPENAI_ADMIN_KEY).
 """
 
@@ -53,7 +53,8 @@ class OpenAIAdmin:
         params = [("start_time", str(int(utc_midnight(start).timestamp()))),
                   ("end_time", str(int(utc_midnight(end).timestamp()))),
                   ("bucket_width", "1d"), ("group_by", "model"), ("group_by", "project_id"),
-                  ("group_by", "api_key_id"), ("limit", str(self.page_limit))]
+                  ("group_by", "api_key_id"), ("group_by", "batch"),
+                  ("limit", str(self.page_limit))]
         out: list[UsageRow] = []
         page: str | None = None
         for _ in range(self.policy.max_pages):
@@ -82,7 +83,8 @@ class OpenAIAdmin:
                                     cache_read=cached)
                     out.append(UsageRow(day, str(r.get("model") or "(unknown)"),
                                         r.get("project_id"), r.get("api_key_id"), tokens,
-                                        _int(r.get("num_model_requests"), where)))
+                                        _int(r.get("num_model_requests"), where),
+                                        batch=r.get("batch") is True))
             if not doc.get("has_more"):
                 return out
             page = doc.get("next_page")

@@ -31,6 +31,11 @@ class Tokens:
                       self.cache_write_5m + o.cache_write_5m,
                       self.cache_write_1h + o.cache_write_1h, self.cache_read + o.cache_read)
 
+    def __sub__(self, o: Tokens) -> Tokens:
+        return Tokens(self.input - o.input, self.output - o.output,
+                      self.cache_write_5m - o.cache_write_5m,
+                      self.cache_write_1h - o.cache_write_1h, self.cache_read - o.cache_read)
+
 
 @dataclass(frozen=True, slots=True)
 class UsageRow:
@@ -42,6 +47,9 @@ class UsageRow:
     api_key: str | None
     tokens: Tokens
     requests: int = 0
+    # Batch API usage, billed at the batch discount (Anthropic service_tier
+    # "batch", OpenAI batch=true).
+    batch: bool = False
 
 
 @dataclass(frozen=True, slots=True)
