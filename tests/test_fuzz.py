@@ -1,7 +1,8 @@
 """Bad input: hypothesis over every unary request message of both services
 (random field values: huge and unicode strings, negative and huge ints,
 unknown enum values, many repeated entries), and raw malformed protobuf
-bytes, sent over real gRPC to a real budgetd on a real Redis.
+bytes, sent over real gRPC to a real budgetd on a real Redis; and the
+server-streaming WatchAlerts, which must also give back its watcher slot.
 
 For every case: the server answers a proper status (never UNKNOWN, INTERNAL,
 UNAVAILABLE or a hang), an INVALID_ARGUMENT names a field of the request,
@@ -13,6 +14,7 @@ strings.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -313,3 +315,59 @@ def test_server_still_serves_after_fuzzing(fuzz_server: tuple[Budgetd, redis.Red
     assert st_.get("day", "tokens").reserved >= 0
     res = b.client.reserve("fresh-org/after", TEST_MODEL, tokens=1, cost_micros=1)
     assert res.allowed
+
+
+# WatchAlerts streams until the caller leaves: a valid request ends at the
+# caller's deadline, which here is short.
+WATCH = "/budget.v1.BudgetAdminService/WatchAlerts"
+WATCH_CASES = 60
+WATCH_DEADLINE_S = 0.3
+
+
+def watch_call(b: Budgetd, payload: bytes) -> tuple[grpc.StatusCode, str]:
+    fn = b.client.channel.unary_stream(WATCH, request_serializer=None,
+                                       response_deserializer=None)
+    try:
+        for _ in fn(payload, timeout=WATCH_DEADLINE_S):
+            pass
+        return grpc.StatusCode.OK, ""
+    except grpc.RpcError as e:
+        return e.code(), e.details() or ""
+
+
+@st.composite
+def watch_payload(draw: st.DrawFn) -> bytes:
+    msg = draw(message(admin_pb2.WatchAlertsRequest.DESCRIPTOR))
+    valid = msg.SerializeToString()
+    kind = draw(st.sampled_from(["message", "message", "random", "truncated", "bad-length"]))
+    if kind == "message":
+        return valid
+    if kind == "random":
+        return draw(st.binary(min_size=1, max_size=300))
+    if kind == "truncated":
+        return valid[: draw(st.integers(0, max(0, len(valid) - 1)))]
+    return b"\x0a\xff\xff\xff\x0f" + valid
+
+
+@settings(max_examples=WATCH_CASES, deadline=None, database=None,
+          suppress_health_check=list(HealthCheck), derandomize=not EXPLORE)
+@given(payload=watch_payload())
+def test_fuzzed_watch_alerts_gets_proper_status_changes_nothing_and_leaks_no_watcher(
+        fuzz_server: tuple[Budgetd, redis.Redis], payload: bytes) -> None:
+    """The server-streaming method: bad input is INVALID_ARGUMENT naming a
+    field (or the request), a valid one streams until the caller's deadline;
+    either way nothing in Redis changes and the stream's watcher slot is
+    given back (a leaked slot would end in RESOURCE_EXHAUSTED for everyone)."""
+    b, r = fuzz_server
+    before = keyspace(r)
+    code, details = watch_call(b, payload)
+    assert code in PROPER | {grpc.StatusCode.DEADLINE_EXCEEDED}, (
+        f"WatchAlerts answered {code.name} ({details[:300]!r}) to {payload[:80]!r}")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        assert any(f in details for f in ("org", "after_id", "request")), details
+    assert keyspace(r) == before
+    service = b.thread.app.admin_service
+    deadline = time.monotonic() + 5
+    while service.watchers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert service.watchers == 0, "a WatchAlerts stream kept its watcher slot"
