@@ -72,13 +72,18 @@ class Budgetd:
         self.thread.stop()
 
 
+def start_budgetd(redis_url: str, **settings: Any) -> Budgetd:
+    """A budgetd on a free port, its clock stopped at T0; `settings` override
+    the test defaults (expiry sweep every 0.2 s, Redis timeout 5 s)."""
+    clock = ManualClock(ms(T0))
+    s = Settings(**{"listen": "127.0.0.1:0", "redis_url": redis_url,
+                    "expiry_interval_s": 0.2, "redis_timeout_s": 5.0, **settings})
+    return Budgetd(ServerThread(s, clock).start(), clock)
+
+
 @pytest.fixture()
 def budgetd(r: redis.Redis, redis_server: EmbeddedRedis) -> Iterator[Budgetd]:
-    clock = ManualClock(ms(T0))
-    settings = Settings(listen="127.0.0.1:0", redis_url=redis_server.url,
-                        expiry_interval_s=0.2, redis_timeout_s=5.0)
-    thread = ServerThread(settings, clock).start()
-    b = Budgetd(thread, clock)
+    b = start_budgetd(redis_server.url)
     yield b
     b.close()
 

@@ -12,10 +12,7 @@ import grpc
 import pytest
 import redis
 from budgetd.batching import ScriptBatcher
-from budgetd.clock import ManualClock
-from budgetd.config import Settings
 from budgetd.embedded import EmbeddedRedis
-from budgetd.server import ServerThread
 from budgetd_client import (
     AsyncBudgetClient,
     BudgetError,
@@ -28,7 +25,7 @@ from budgetd_client import (
 from budgetd_client._proto.budget.v1 import budget_pb2 as pb
 from budgetd_client._proto.budget.v1 import budget_pb2_grpc as pb_grpc
 from cluster import wait_until
-from conftest import T0, Budgetd, keyspace, ms
+from conftest import Budgetd, keyspace, start_budgetd
 
 DAY = "d20270315"
 
@@ -145,16 +142,9 @@ def test_noscript_after_script_flush(budgetd: Budgetd, r: redis.Redis) -> None:
     assert batcher(budgetd).stats.noscript == n0 + 1
 
 
-def start(url: str, **kw: object) -> Budgetd:
-    clock = ManualClock(ms(T0))
-    settings = Settings(listen="127.0.0.1:0", redis_url=url, redis_timeout_s=5.0,
-                        expiry_interval_s=0.2, **kw)  # type: ignore[arg-type]
-    return Budgetd(ServerThread(settings, clock).start(), clock)
-
-
 def test_without_batching_every_call_goes_direct(redis_server: EmbeddedRedis,
                                                  r: redis.Redis) -> None:
-    b = start(redis_server.url, redis_batch_max=0)
+    b = start_budgetd(redis_server.url, redis_batch_max=0)
     try:
         assert b.thread.app.batcher is None
         out = b.client.reserve_batch([item("acme/t"), item("acme/u")])
@@ -184,7 +174,7 @@ def replicated(tmp_path: pathlib.Path) -> Iterator[tuple[EmbeddedRedis, Embedded
 def test_wait_replicas_acknowledges_only_replicated_writes(
         replicated: tuple[EmbeddedRedis, EmbeddedRedis]) -> None:
     master, replica = replicated
-    b = start(master.url, redis_wait_replicas=1, redis_wait_timeout_ms=2000)
+    b = start_budgetd(master.url, redis_wait_replicas=1, redis_wait_timeout_ms=2000)
     rep = redis.Redis(port=replica.port, decode_responses=True)
     try:
         rid = uuid.uuid4().hex

@@ -14,13 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
-from budgetd.clock import ManualClock
-from budgetd.config import Settings
 from budgetd.redis_conn import connect_redis
-from budgetd.server import ServerThread
 from budgetd_client import AlreadyExists, BudgetClient, BudgetError, CallPolicy, Usage
 from cluster import LocalCluster, wait_until
-from conftest import T0, Budgetd, ms
+from conftest import Budgetd, start_budgetd
 
 DAY = "d20270315"
 
@@ -42,16 +39,9 @@ def rc(cluster: LocalCluster) -> Iterator[redis.RedisCluster]:
     client.close()
 
 
-def start_budgetd(url: str, **kw: object) -> Budgetd:
-    clock = ManualClock(ms(T0))
-    settings = Settings(listen="127.0.0.1:0", redis_url=url, redis_timeout_s=2.0,
-                        expiry_interval_s=0.2, **kw)  # type: ignore[arg-type]
-    return Budgetd(ServerThread(settings, clock).start(), clock)
-
-
 @pytest.fixture()
 def b(cluster: LocalCluster, rc: redis.RedisCluster) -> Iterator[Budgetd]:
-    bd = start_budgetd(cluster.url)
+    bd = start_budgetd(cluster.url, redis_timeout_s=2.0)
     yield bd
     bd.close()
 
@@ -225,7 +215,8 @@ def test_master_failover_mid_traffic_loses_no_acknowledged_reconcile(
     replication is asynchronous and the last writes before the kill can be
     lost: that is the trade the option exists for.)"""
     cluster = failover_cluster
-    b = start_budgetd(cluster.url, redis_wait_replicas=1, redis_wait_timeout_ms=1000)
+    b = start_budgetd(cluster.url, redis_timeout_s=2.0, redis_wait_replicas=1,
+                      redis_wait_timeout_ms=1000)
     policy = CallPolicy(timeout_s=3, total_timeout_s=20, retries=20, backoff_s=0.05)
     client = BudgetClient(b.address, policy=policy)
     orgs = orgs_on_distinct_masters(cluster, 3)

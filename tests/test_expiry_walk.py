@@ -20,7 +20,7 @@ from budgetd.ledger import Ledger
 from budgetd.server import ServerThread
 from budgetd_client import BudgetClient, CallPolicy, Reservation
 from cluster import wait_until
-from conftest import T0, ms
+from conftest import T0, ms, start_budgetd
 
 ORGS = 400
 SHARE = 0.25
@@ -47,15 +47,12 @@ class Idle:
 
 @pytest.fixture()
 def idle(r: redis.Redis, redis_server: EmbeddedRedis) -> Iterator[Idle]:
-    clock = ManualClock(ms(T0))
-    settings = Settings(listen="127.0.0.1:0", redis_url=redis_server.url,
-                        expiry_interval_s=3600, redis_timeout_s=5.0)
-    thread = ServerThread(settings, clock).start()
+    b = start_budgetd(redis_server.url, expiry_interval_s=3600)
     try:
-        assert thread.app.ledger is not None
-        yield Idle(thread, clock, thread.app.ledger)
+        assert b.thread.app.ledger is not None
+        yield Idle(b.thread, b.clock, b.thread.app.ledger)
     finally:
-        thread.stop()
+        b.close()
 
 
 def test_the_walk_expires_every_org_in_shares(idle: Idle, r: redis.Redis) -> None:

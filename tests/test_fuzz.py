@@ -21,13 +21,11 @@ from typing import Any
 import grpc
 import pytest
 import redis
-from budgetd.clock import ManualClock
-from budgetd.config import Settings
 from budgetd.embedded import EmbeddedRedis
-from budgetd.server import MAX_MESSAGE_BYTES, ServerThread
+from budgetd.server import MAX_MESSAGE_BYTES
 from budgetd_client import Usage
 from budgetd_client._proto.budget.v1 import admin_pb2, budget_pb2
-from conftest import T0, Budgetd, keyspace, ms
+from conftest import Budgetd, keyspace, start_budgetd
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
@@ -144,11 +142,7 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Budg
                                                                              redis.Redis]]:
     server = EmbeddedRedis(tmp_path_factory.mktemp("fuzz-redis"), appendonly=False)
     server.start()
-    clock = ManualClock(ms(T0))
-    s = Settings(listen="127.0.0.1:0", redis_url=server.url, expiry_interval_s=3600,
-                 redis_timeout_s=5.0)
-    thread = ServerThread(s, clock).start()
-    b = Budgetd(thread, clock)
+    b = start_budgetd(server.url, expiry_interval_s=3600)
     # State for fuzzed calls to collide with: rules, a held and a settled
     # reservation, a record, pricing.
     set_test_pricing(b.admin)

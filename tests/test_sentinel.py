@@ -10,12 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from budgetd.clock import ManualClock
-from budgetd.config import Settings
-from budgetd.server import ServerThread
 from budgetd_client import BudgetClient, BudgetError, CallPolicy, Usage
 from cluster import LocalSentinel, wait_until
-from conftest import T0, Budgetd, ms
+from conftest import start_budgetd
 
 # down-after 1 s + election + promotion + client reconnect: well under this.
 RECOVERY_BOUND_S = 10.0
@@ -29,10 +26,7 @@ def sentinel(tmp_path: pathlib.Path) -> Iterator[LocalSentinel]:
 
 
 def test_master_killed_budgetd_serves_again_within_bound(sentinel: LocalSentinel) -> None:
-    clock = ManualClock(ms(T0))
-    settings = Settings(listen="127.0.0.1:0", redis_url=sentinel.url, redis_timeout_s=1.0,
-                        expiry_interval_s=0.2)
-    b = Budgetd(ServerThread(settings, clock).start(), clock)
+    b = start_budgetd(sentinel.url, redis_timeout_s=1.0)
     # One attempt per call here: the loop below measures recovery itself.
     once = BudgetClient(b.address, policy=CallPolicy(timeout_s=2, total_timeout_s=2,
                                                      retries=0))
