@@ -9,7 +9,7 @@
   CPU µs per call of budgetd and Redis are printed too: they move far less
   than calls/s with the neighbours' load on a shared machine.
 - memory: the Redis memory one active org/team/feature costs (its rules, day
-  and month counters, day and month report counters, its bd:orgs member),
+  and month counters with the report counters among them, its bd:orgs member),
   after one Reserve and one Reconcile each; the per-request records
   (bd:{org}:q:<request_id>, gone after the reservation's life) measured
   apart and excluded. Target: <= 1024 bytes.
@@ -234,8 +234,7 @@ def scope_keys(r: redis.Redis, org: str, record: str) -> list[str]:
     assert hold is not None, record
     dwid, mwid = hold.decode().split(" ")[3:5]  # ledger.HOLD_PARTS
     return [w.rules_key(org), w.settings_key(org), w.window_key(org, dwid),
-            w.window_key(org, mwid), f"{w.org_tag(org)}:rep:{dwid}",
-            f"{w.org_tag(org)}:rep:{mwid}"]
+            w.window_key(org, mwid)]
 
 
 def print_kinds(title: str, kinds: dict[str, dict[str, float | str]]) -> float:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import defaultdict
+from typing import Any
 
 import pytest
 import redis
@@ -13,9 +15,12 @@ from conftest import Budgetd, keyspace, ms
 from helpers import TEST_BIG, TEST_MODEL, TEST_SMALL, set_test_pricing
 
 
-def counters(r: redis.Redis, org: str, window_id: str) -> dict[str, int]:
+def counters(r: redis.Redis, org: str, window_id: str) -> defaultdict[str, int]:
+    """The budget counters of one window (not its report counters, sm|...);
+    a missing counter is 0, as the scripts read it."""
     raw = r.hgetall(f"bd:{{{org}}}:w:{window_id}")
-    return {k.decode(): int(v) for k, v in raw.items()}
+    return defaultdict(int, {k.decode(): int(v) for k, v in raw.items()
+                             if not k.startswith(b"sm|")})
 
 
 @pytest.fixture()
@@ -40,13 +45,23 @@ def test_hard_limit_at_each_level_denies_and_names_it(b: Budgetd, r: redis.Redis
     assert str(d.scope) == scope
     assert (d.window, d.unit, d.limit, d.used, d.reserved, d.requested) == (
         "day", "tokens", 1000, 0, 600, 600)
-    # Report hashes count the denial (tests/test_reports.py); nothing else moves.
-    before = {k: v for k, v in before.items() if b":rep:" not in k}
-    after = {k: v for k, v in keyspace(r).items() if b":rep:" not in k}
+    # The report counters count the denial (tests/test_reports.py); nothing else moves.
+    before, after = budget_state(before), budget_state(keyspace(r))
     # Only the denied request's own record was added: no counter changed.
     added = set(after) - set(before)
     assert added == {f"bd:{{acme}}:q:{denied.request_id}".encode()}
     assert {k: v for k, v in after.items() if k in before} == before
+
+
+def budget_state(keys: dict[bytes, Any]) -> dict[bytes, Any]:
+    """The keyspace without the usage report counters (sm|... fields of the
+    window hashes), which count every request, denials too."""
+    out: dict[bytes, Any] = {}
+    for k, (kind, value, ttl) in keys.items():
+        if kind == b"hash" and b":w:" in k:
+            value = {f: v for f, v in value.items() if not f.startswith(b"sm|")}
+        out[k] = (kind, value, ttl)
+    return out
 
 
 def test_cost_limit_and_month_window_deny(b: Budgetd) -> None:
@@ -100,6 +115,40 @@ def test_window_counters_outlive_their_window_for_reports(b: Budgetd, r: redis.R
     month_end = dt.datetime(2027, 4, 1, tzinfo=utc).timestamp()
     assert r.expiretime("bd:{acme}:w:d20270315") == day_end + 36 * 86_400
     assert r.expiretime("bd:{acme}:w:m202703") == month_end + 400 * 86_400
+
+
+def test_reserved_counters_are_deleted_when_they_settle_back_to_zero(b: Budgetd,
+                                                                     r: redis.Redis) -> None:
+    """Most scopes hold nothing most of the time: a reserved counter that
+    reconcile, release or expiry brings back to 0 is deleted (Redis memory per
+    scope), reads as 0, and the next reservation starts from 0. The window
+    keeps its expiry through it."""
+    day, month = "bd:{acme}:w:d20270315", "bd:{acme}:w:m202703"
+    held = {"r|acme|t", "r|acme|c", "r|acme/t1|t", "r|acme/t1|c"}
+
+    def reserved_fields(key: str) -> dict[str, int]:
+        return {f.decode(): int(v) for f, v in r.hgetall(key).items() if f.startswith(b"r|")}
+
+    a = b.client.reserve("acme/t1", TEST_MODEL, tokens=5, cost_micros=3)
+    c = b.client.reserve("acme/t1", TEST_MODEL, tokens=7, cost_micros=2, ttl_seconds=60)
+    b.client.release(a.reservation_id)
+    assert reserved_fields(day) == dict.fromkeys(held, 0) | {
+        "r|acme|t": 7, "r|acme|c": 2, "r|acme/t1|t": 7, "r|acme/t1|c": 2}
+    b.clock.advance_s(61)
+    assert b.expire_now() == 1  # c: kept as spent
+    for key in (day, month):
+        assert reserved_fields(key) == {}
+        assert r.hmget(key, "u|acme/t1|t", "u|acme/t1|c") == [b"7", b"2"]
+    assert b.client.get_budget("acme/t1").get("day", "tokens").reserved == 0
+    d = b.client.reserve("acme/t1", TEST_MODEL, tokens=9, cost_micros=1)
+    assert reserved_fields(month) == {"r|acme|t": 9, "r|acme|c": 1, "r|acme/t1|t": 9,
+                                      "r|acme/t1|c": 1}
+    b.client.reconcile(d.reservation_id, Usage(input_tokens=4), cost_micros=1)
+    assert reserved_fields(day) == reserved_fields(month) == {}
+    assert r.hget(day, "u|acme/t1|t") == b"11"
+    utc = dt.timezone.utc
+    assert r.expiretime(day) == dt.datetime(2027, 3, 16, tzinfo=utc).timestamp() + 36 * 86_400
+    assert r.expiretime(month) == dt.datetime(2027, 4, 1, tzinfo=utc).timestamp() + 400 * 86_400
 
 
 def test_remaining_reported_per_level_window_unit(b: Budgetd) -> None:
@@ -305,6 +354,11 @@ def test_fallback_grants_the_first_model_that_fits(b: Budgetd) -> None:
     # Reconcile prices the granted model by default.
     s = b.client.reconcile(res2.reservation_id, Usage(input_tokens=500, output_tokens=500))
     assert s.actual_cost_micros == 150
+    # Each request counts once in reports, under the model granted (or, when
+    # denied, the one asked for).
+    rows = {x.group: (x.requests, x.denials)
+            for x in b.admin.get_usage_report("acme", "day", "model").rows}
+    assert rows == {TEST_MODEL: (1, 0), TEST_SMALL: (1, 0), TEST_BIG: (0, 1)}
 
 
 def test_unknown_model_is_never_free(b: Budgetd, r: redis.Redis) -> None:

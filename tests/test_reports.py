@@ -126,8 +126,8 @@ def test_previous_month_report_works_after_the_clock_moves_on(b: Budgetd,
     assert day.total.input_tokens == 100
     # Kept 400 days after the month's end: 13 months of monthly reports.
     april_1 = int(dt.datetime(2027, 4, 1, tzinfo=dt.timezone.utc).timestamp())
-    assert r.expiretime("bd:{acme}:rep:m202703") == april_1 + 400 * 86400
-    assert r.expiretime("bd:{acme}:rep:d20270315") == (
+    assert r.expiretime("bd:{acme}:w:m202703") == april_1 + 400 * 86400
+    assert r.expiretime("bd:{acme}:w:d20270315") == (
         int((T0 + dt.timedelta(hours=12)).timestamp()) + 36 * 86400)
 
 

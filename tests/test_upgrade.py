@@ -82,6 +82,26 @@ def test_legacy_reservation_reconciles_into_its_windows(b: Budgetd, r: redis.Red
     assert again.state == "reconciled" and counter(r, DAY, f"u|{PATH}|t") == 150
 
 
+def test_reports_add_the_report_hash_of_versions_before_0_2(b: Budgetd,
+                                                            r: redis.Redis) -> None:
+    """Before 0.2 a window's report counters had a hash of their own; now they
+    are fields of the window's counter hash. A report reads both, so windows
+    written before or during a rolling upgrade (old replicas still writing the
+    old hash) read whole."""
+    r.hset(f"bd:{{{ORG}}}:rep:{DAY}", mapping={
+        f"sm|search|{TEST_MODEL}|i": 100, f"sm|search|{TEST_MODEL}|n": 1,
+        f"sm|search|{TEST_MODEL}|c": 40, f"sm|other|{TEST_MODEL}|n": 2})
+    rec = b.client.record(PATH, TEST_MODEL, Usage(input_tokens=20))
+    assert rec.cost_micros > 0
+    assert b.client.reserve(PATH, TEST_MODEL, tokens=5, cost_micros=1).allowed
+    day = b.admin.get_usage_report(ORG, "day", "team")
+    assert [(x.group, x.input_tokens, x.requests) for x in day.rows] == [
+        ("other", 0, 2), ("search", 120, 3)]
+    assert day.total.cost_micros == 40 + rec.cost_micros
+    assert b.admin.get_usage_report(ORG, "month", "team").total.input_tokens == 20
+    assert not r.exists(f"bd:{{{ORG}}}:rep:{MONTH}")  # this version writes none
+
+
 def test_legacy_reservation_expires_by_the_sweep(b: Budgetd, r: redis.Redis) -> None:
     legacy_reserve(r, "old-3", 400, 40)
     b.clock.advance_s(TTL_S + 1)

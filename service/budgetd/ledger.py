@@ -34,7 +34,6 @@ from budgetd.limits import (
 )
 from budgetd.orgcache import OrgConfig
 from budgetd.pricing import PriceTable, PricingError, UnknownModelError, UsageTokens
-from budgetd.reports import report_key
 from budgetd.scripts import Scripts
 
 log = logging.getLogger("budgetd.ledger")
@@ -371,8 +370,7 @@ class Ledger:
             keys = cfg.keys[ck] = (
                 w.rules_key(org), w.settings_key(org), w.window_key(org, win.day_id),
                 w.window_key(org, win.month_id), w.expiry_key(org), fired_key(org, win.day_id),
-                fired_key(org, win.month_id), alerts_key(org), report_key(org, win.day_id),
-                report_key(org, win.month_id))
+                fired_key(org, win.month_id), alerts_key(org))
         return keys
 
     def _reserve_call(self, req: ReserveInput, cfg: OrgConfig, now_ms: int,
@@ -512,8 +510,6 @@ class Ledger:
             fired_key(org, rec["dwid"]),
             fired_key(org, rec["mwid"]),
             alerts_key(org),
-            report_key(org, rec["dwid"]),
-            report_key(org, rec["mwid"]),
         ]
         args: list[str | int] = [op, req.request_id, rec["dwid"], rec["mwid"], tokens, cost,
                                  model, ukey, now_ms, RECORD_RETENTION_S, *split]
@@ -561,8 +557,7 @@ class Ledger:
             keys = [w.request_key(org, req.request_id), w.settings_key(org),
                     w.window_key(org, win.day_id), w.window_key(org, win.month_id),
                     w.rules_key(org), fired_key(org, win.day_id),
-                    fired_key(org, win.month_id), alerts_key(org),
-                    report_key(org, win.day_id), report_key(org, win.month_id)]
+                    fired_key(org, win.month_id), alerts_key(org)]
             args: list[str | int] = [
                 req.request_id, req.scope.path, req.model, ukey, tz, now_ms, win.day_id,
                 win.month_id, win.day_expire_at_s, win.month_expire_at_s, RECORD_RETENTION_S,
@@ -596,8 +591,7 @@ class Ledger:
             # A vanished record still gets a slot so the script drops its index entry.
             d = text(dwid) if dwid else "d0"
             m = text(mwid) if mwid else "m0"
-            keys += [w.request_key(org, rid), w.window_key(org, d), w.window_key(org, m),
-                     report_key(org, d), report_key(org, m)]
+            keys += [w.request_key(org, rid), w.window_key(org, d), w.window_key(org, m)]
             args.append(rid)
         return int(await self.scripts.expire(self.redis, keys, args))
 

@@ -1,13 +1,20 @@
-"""Usage reports from counters the scripts keep (see report_add in _lib.lua):
-one hash per org and window, read with one HGETALL, never a keyspace scan.
+"""Usage reports from counters the scripts keep (see report_add in _lib.lua),
+in each window's counter hash, read with one HGETALL per window, never a
+keyspace scan.
 
-  bd:{org}:rep:<window_id>  hash  "sm|<team>[/<feature>]|<model>|<metric>" -> integer
+  bd:{org}:w:<window_id>  hash  "sm|<team>[/<feature>]|<model>|<metric>" -> integer
+    (beside the budget counters u|... and r|..., which reports skip)
     one counter per scope, model and metric; reports by team, feature, model or
     scope and model (the drift check) add them up when read.
     metric: i o cw cr (tokens by kind), c (cost micros), n (requests),
             d (denials), s (allowed, but a SHADOW rule would have denied)
-  EXPIREAT like the window counters: day + 36 days, month + 400 days, so
-  monthly reports work for 13 months.
+  Expiry of the window counters: day + 36 days, month + 400 days, so monthly
+  reports work for 13 months.
+
+Versions before 0.2 kept these counters in a hash of their own,
+bd:{org}:rep:<window_id> (one key more per window). Reports add both, so a
+window written before, during or after a rolling upgrade reads whole; the old
+key expires with its window.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ _DAY_RE = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})$")
 _MONTH_RE = re.compile(r"^([0-9]{4})-([0-9]{2})$")
 
 
-def report_key(org: str, window_id: str) -> str:
+def legacy_report_key(org: str, window_id: str) -> str:
+    """Where versions before 0.2 kept a window's report counters."""
     return f"{w.org_tag(org)}:rep:{window_id}"
 
 
@@ -89,17 +97,20 @@ def _group_of(group_by: str, tf: str, model: str) -> str:
     return f"{tf}|{model}"
 
 
-def build(org: str, window_id: str, group_by: str, raw: dict[Any, Any]) -> Report:
+def build(org: str, window_id: str, group_by: str, *raws: dict[Any, Any]) -> Report:
+    """A report from one or more hashes of counters (their sum)."""
     assert group_by in GROUPS, group_by
     rows: dict[str, Row] = {}
-    for k, v in raw.items():
-        key = k.decode() if isinstance(k, bytes) else str(k)
-        parts = key.split("|")
-        # Ids and model names cannot hold '|': anything else is not ours.
-        if len(parts) != 4 or parts[0] != "sm" or parts[3] not in _ATTR:
-            continue
-        group = _group_of(group_by, parts[1], parts[2])
-        rows.setdefault(group, Row(group)).add(parts[3], int(v))
+    for raw in raws:
+        for k, v in raw.items():
+            key = k.decode() if isinstance(k, bytes) else str(k)
+            parts = key.split("|")
+            # Ids and model names cannot hold '|': anything else (the budget
+            # counters u|<path>|<unit>, r|...) is not a report counter.
+            if len(parts) != 4 or parts[0] != "sm" or parts[3] not in _ATTR:
+                continue
+            group = _group_of(group_by, parts[1], parts[2])
+            rows.setdefault(group, Row(group)).add(parts[3], int(v))
     rep = Report(org, window_id, group_by, sorted(rows.values(), key=lambda r: r.group))
     for r in rep.rows:
         for attr in _ATTR.values():
@@ -108,8 +119,14 @@ def build(org: str, window_id: str, group_by: str, raw: dict[Any, Any]) -> Repor
 
 
 async def usage_report(redis: Any, org: str, window_id: str, group_by: str) -> Report:
-    key = report_key(org, window_id)
-    if await redis.hlen(key) > MAX_REPORT_FIELDS:
+    keys = (w.window_key(org, window_id), legacy_report_key(org, window_id))
+    pipe = redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.hlen(key)
+    if sum(await pipe.execute()) > MAX_REPORT_FIELDS:
         raise ResourceExhausted(f"org: the report has more than {MAX_REPORT_FIELDS} counters",
                                 "org")
-    return build(org, window_id, group_by, await redis.hgetall(key))
+    pipe = redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.hgetall(key)
+    return build(org, window_id, group_by, *await pipe.execute())

@@ -3,7 +3,8 @@
 -- Amounts reach the scripts already bounded (<= 2^53) by the server, so Lua's
 -- doubles hold them exactly. Counters live in one hash per org and window:
 --   u|<path>|<unit>  settled (used)       r|<path>|<unit>  in flight (reserved)
--- where unit is t (tokens) or c (cost micros).
+-- where unit is t (tokens) or c (cost micros), beside the window's usage
+-- report counters (sm|..., see report_add). A missing counter is 0.
 
 local function num(v)
   if v == false or v == nil then return 0 end
@@ -38,12 +39,20 @@ local function read_hold(key, packed)
   return redis.call('HMGET', key, unpack(HOLD_FIELDS))
 end
 
--- Adjusts reserved/used of every path level in one window hash.
+-- Adjusts reserved/used of every path level in one window hash. A reserved
+-- counter that settles back to 0 is deleted: most scopes hold nothing most of
+-- the time, and a missing counter reads as 0 everywhere (memory per scope).
+local function bump(key, f, n, drop)
+  if n ~= 0 and redis.call('HINCRBY', key, f, n) == 0 and drop then
+    redis.call('HDEL', key, f)
+  end
+end
 local function adjust(key, paths, field, tokens, cost)
   if tokens == 0 and cost == 0 then return end
+  local drop = field == 'r'
   for _, p in ipairs(paths) do
-    if tokens ~= 0 then redis.call('HINCRBY', key, field .. '|' .. p .. '|t', tokens) end
-    if cost ~= 0 then redis.call('HINCRBY', key, field .. '|' .. p .. '|c', cost) end
+    bump(key, field .. '|' .. p .. '|t', tokens, drop)
+    bump(key, field .. '|' .. p .. '|c', cost, drop)
   end
 end
 
@@ -140,8 +149,10 @@ local function crossing_alert(ctx, r, consumed, out)
   if not fired_already(r, {tag})[1] then fire(ctx, out, r, tag, kind, '100', consumed) end
 end
 
--- Usage report counters (bd:{org}:rep:<window_id>), one group per scope and
--- model: sm|<team>[/<feature>]|<model>|<metric>. Reports by team, feature or
+-- Usage report counters, in the window's counter hash (bd:{org}:w:<window_id>,
+-- same expiry; before, a hash of their own, bd:{org}:rep:<window_id>, still
+-- read for old windows), one group per scope and model:
+-- sm|<team>[/<feature>]|<model>|<metric>. Reports by team, feature or
 -- model add these up when read (reports.py), so each charge costs one HINCRBY
 -- per metric, not one per grouping.
 -- metrics: i o cw cr (tokens by kind), c (cost micros), n (requests),

@@ -6,8 +6,8 @@
 --
 -- KEYS[1] expiry index     bd:{org}:exp
 -- KEYS[2] org settings     bd:{org}:cfg
--- KEYS[5k-2] .. KEYS[5k+2] for k = 1..n: request record, its day counters,
---   its month counters, its day report, its month report
+-- KEYS[3k] .. KEYS[3k+2] for k = 1..n: request record, its day counters,
+--   its month counters (which hold the usage report counters too)
 --
 -- ARGV[1] now_ms   ARGV[2] record retention after expiry (s)
 -- ARGV[2+k]: request_id of the k-th record
@@ -17,11 +17,11 @@
 local now_ms = tonumber(ARGV[1])
 local policy = redis.call('HGET', KEYS[2], 'expiry')
 if not policy then policy = 'keep' end
-local n = (#KEYS - 2) / 5
+local n = (#KEYS - 2) / 3
 local expired = 0
 for k = 1, n do
-  local req, day, month = KEYS[5 * k - 2], KEYS[5 * k - 1], KEYS[5 * k]
-  local repd, repm = KEYS[5 * k + 1], KEYS[5 * k + 2]
+  local req, day, month = KEYS[3 * k], KEYS[3 * k + 1], KEYS[3 * k + 2]
+  local repd, repm = day, month
   local id = ARGV[2 + k]
   local rec = redis.call('HMGET', req, 'state', 'hold')
   -- hold: model tokens cost dwid mwid dexp mexp expires_ms paths created_ms

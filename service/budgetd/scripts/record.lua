@@ -8,7 +8,7 @@
 -- KEYS[5] rules hash       bd:{org}:rules
 -- KEYS[6] day fired alerts, KEYS[7] month fired alerts
 -- KEYS[8] alert stream     bd:{org}:alerts
--- KEYS[9] day report, KEYS[10] month report
+-- (the usage report counters are fields of the day and month counters)
 --
 -- ARGV[1] request_id        ARGV[2] scope path        ARGV[3] model
 -- ARGV[4] usage (canonical) ARGV[5] time zone assumed ARGV[6] now_ms
@@ -44,16 +44,14 @@ adjust(KEYS[4], paths, 'u', t, c)
 local o = 15 + npaths
 local used = {'n', 1, 'i', tonumber(ARGV[o]), 'o', tonumber(ARGV[o + 1]),
   'cw', tonumber(ARGV[o + 2]), 'cr', tonumber(ARGV[o + 3]), 'c', c}
-report_add(KEYS[9], paths, ARGV[3], used)
-report_add(KEYS[10], paths, ARGV[3], used)
+report_add(KEYS[3], paths, ARGV[3], used)
+report_add(KEYS[4], paths, ARGV[3], used)
 local alerts = {}
 local rules = load_rules(KEYS[5], paths, {{'d', KEYS[3], ARGV[7], KEYS[6]},
   {'m', KEYS[4], ARGV[8], KEYS[7]}})
 threshold_alerts({stream = KEYS[8], now_ms = ARGV[6], rid = ARGV[1]}, rules, alerts)
-for _, k in ipairs({KEYS[3], KEYS[6], KEYS[9]}) do redis.call('EXPIREAT', k, tonumber(ARGV[9])) end
-for _, k in ipairs({KEYS[4], KEYS[7], KEYS[10]}) do
-  redis.call('EXPIREAT', k, tonumber(ARGV[10]))
-end
+for _, k in ipairs({KEYS[3], KEYS[6]}) do redis.call('EXPIREAT', k, tonumber(ARGV[9])) end
+for _, k in ipairs({KEYS[4], KEYS[7]}) do redis.call('EXPIREAT', k, tonumber(ARGV[10])) end
 local resp = cjson.encode({tokens = ARGV[12], cost = ARGV[13], alerts = alerts})
 redis.call('HSET', req, 'kind', 'record', 'scope', ARGV[2], 'model', ARGV[3], 'usage', ARGV[4],
   'created_ms', ARGV[6], 'dwid', ARGV[7], 'mwid', ARGV[8], 'resp', resp)

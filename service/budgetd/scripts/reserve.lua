@@ -10,8 +10,9 @@
 -- built in advance arrives in ARGV (field names, the record's hold, the
 -- answer's head); a rule's window, unit, mode and counters are one
 -- character of a layout string; each window's counters are read with one
--- HMGET and charged with one HSET; keys get their expiry only when this
--- call created them; the record is five fields.
+-- HMGET and charged with one HSET, the granted model's request count with
+-- them; keys get their expiry only when this call may have created them (the
+-- request count was missing); the record is five fields.
 --
 -- KEYS[1] request record   bd:{org}:q:<request_id>
 -- KEYS[2] rules hash       bd:{org}:rules
@@ -22,8 +23,7 @@
 -- KEYS[7] day fired alerts   bd:{org}:fired:d<YYYYMMDD>
 -- KEYS[8] month fired alerts bd:{org}:fired:m<YYYYMM>
 -- KEYS[9] alert stream       bd:{org}:alerts
--- KEYS[10] day report        bd:{org}:rep:d<YYYYMMDD>
--- KEYS[11] month report      bd:{org}:rep:m<YYYYMM>
+-- (the usage report counters are fields of the day and month counters)
 --
 -- ARGV[1]  request_id
 -- ARGV[2]  fingerprint: "scope model estimate ttl_s fallbacks batch", what a
@@ -97,10 +97,12 @@ local month_at = res_at + n2        -- the month rules' used counters
 local rule_at = month_at + nmonth   -- per rule: description, limit, lowest threshold
 local cand_at = rule_at + 3 * nrules
 
--- Every counter this call reads or charges, in one HMGET per window: the day's
--- used counters then the reserved ones, the month's reserved then its used.
-local dv = call('HMGET', KEYS[4], unpack(ARGV, 19, month_at - 1))
-local mv = call('HMGET', KEYS[5], unpack(ARGV, res_at, rule_at - 1))
+-- Every counter this call reads or charges, in one HMGET per window: the first
+-- candidate's request count, then the day's used counters then the reserved
+-- ones, the month's reserved then its used.
+local nf1 = ARGV[cand_at + 4]
+local dv = call('HMGET', KEYS[4], nf1, unpack(ARGV, 19, month_at - 1))
+local mv = call('HMGET', KEYS[5], nf1, unpack(ARGV, res_at, rule_at - 1))
 -- Tables are sized by their constructors: growing one rehashes it, which
 -- costs more than all the arithmetic here. A scope has at most 12 rules.
 local F = false
@@ -110,7 +112,7 @@ local dres, mres = {0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0}
 -- exact range, and Redis adds 64-bit integers exactly.
 local big = false
 for i = 1, n2 do
-  local d, m = (dv[nday + i] or 0) + 0, (mv[i] or 0) + 0
+  local d, m = (dv[1 + nday + i] or 0) + 0, (mv[1 + i] or 0) + 0
   dres[i], mres[i] = d, m
   if d > 4.5e15 or m > 4.5e15 then big = true end
 end
@@ -129,10 +131,10 @@ for k = 1, nrules do
   local used, res_s, res
   if b > 8 then
     b, mi = b - 8, mi + 1
-    used, res_s, res = mv[mi] or '0', mv[b] or '0', mres[b]
+    used, res_s, res = mv[1 + mi] or '0', mv[1 + b] or '0', mres[b]
   else
     di = di + 1
-    used, res_s, res = dv[di] or '0', dv[nday + b] or '0', dres[b]
+    used, res_s, res = dv[1 + di] or '0', dv[1 + nday + b] or '0', dres[b]
   end
   local o, a, p = 4 * k - 4, rule_at + 3 * k - 3, 3 * k - 1
   R[o + 1], R[o + 2], R[o + 3], R[o + 4] = ARGV[a + 1] + 0, used + res,
@@ -180,44 +182,53 @@ if granted == nil then
   call('HSET', req, 'kind', 'reserve', 'state', 'denied', 'fp', ARGV[2], 'resp', resp)
   call('EXPIRE', req, ARGV[12])
   local field = ARGV[13] .. ARGV[first] .. '|d'
-  report(KEYS[10], field, ARGV[9])
-  report(KEYS[11], field, ARGV[10])
+  report(KEYS[4], field, ARGV[9])
+  report(KEYS[5], field, ARGV[10])
   return {'denied', resp}
 end
 
--- Charge: reserved += the grant on every level of both windows, all of a
--- window's counters in one HSET (they were read above, in this same atomic
--- step): one command instead of one HINCRBY per counter. '%d' prints an
--- integral double below 2^53 exactly, and faster than '%.0f'.
+-- Charge: reserved += the grant on every level of both windows, and the
+-- granted model's request count += 1, all of a window's fields in one HSET
+-- (they were read above, in this same atomic step): one command instead of
+-- one HINCRBY per counter. '%d' prints an integral double below 2^53
+-- exactly, and faster than '%.0f'.
 local fmt = string.format
-local function charge(key, res, exp_s)
-  local f, added = res_at, nil
-  if big then
-    added = 0
+local nf = ARGV[granted + 4]
+local function charge(key, res, exp_s, nv)
+  local f, n = res_at, nil
+  if big or granted ~= cand_at then
+    -- Rare (a counter past 2^52, or a fallback model granted, whose request
+    -- count was not read): one HINCRBY per field.
     for at = f, f + n2 - 1, 2 do
-      if call('HINCRBY', key, ARGV[at], ARGV[granted + 2]) == g_t then added = 1 end
-      if call('HINCRBY', key, ARGV[at + 1], ARGV[granted + 3]) == g_c then added = 1 end
+      call('HINCRBY', key, ARGV[at], ARGV[granted + 2])
+      call('HINCRBY', key, ARGV[at + 1], ARGV[granted + 3])
     end
-  elseif n2 == 6 then
-    -- One spelled-out HSET per path count (3, 2, 1): building the arguments
-    -- in a table and unpacking it cost ~1.5 µs more per call (bench/redis_cpu.py).
-    added = call('HSET', key, ARGV[f], fmt('%d', res[1] + g_t), ARGV[f + 1],
-      fmt('%d', res[2] + g_c), ARGV[f + 2], fmt('%d', res[3] + g_t), ARGV[f + 3],
-      fmt('%d', res[4] + g_c), ARGV[f + 4], fmt('%d', res[5] + g_t), ARGV[f + 5],
-      fmt('%d', res[6] + g_c))
-  elseif n2 == 4 then
-    added = call('HSET', key, ARGV[f], fmt('%d', res[1] + g_t), ARGV[f + 1],
-      fmt('%d', res[2] + g_c), ARGV[f + 2], fmt('%d', res[3] + g_t), ARGV[f + 3],
-      fmt('%d', res[4] + g_c))
+    n = call('HINCRBY', key, nf, 1)
   else
-    added = call('HSET', key, ARGV[f], fmt('%d', res[1] + g_t), ARGV[f + 1],
-      fmt('%d', res[2] + g_c))
+    n = (nv or 0) + 1
+    local ns = fmt('%d', n)
+    if n2 == 6 then
+      -- One spelled-out HSET per path count (3, 2, 1): building the arguments
+      -- in a table and unpacking it cost ~1.5 µs more per call (bench/redis_cpu.py).
+      call('HSET', key, ARGV[f], fmt('%d', res[1] + g_t), ARGV[f + 1],
+        fmt('%d', res[2] + g_c), ARGV[f + 2], fmt('%d', res[3] + g_t), ARGV[f + 3],
+        fmt('%d', res[4] + g_c), ARGV[f + 4], fmt('%d', res[5] + g_t), ARGV[f + 5],
+        fmt('%d', res[6] + g_c), nf, ns)
+    elseif n2 == 4 then
+      call('HSET', key, ARGV[f], fmt('%d', res[1] + g_t), ARGV[f + 1],
+        fmt('%d', res[2] + g_c), ARGV[f + 2], fmt('%d', res[3] + g_t), ARGV[f + 3],
+        fmt('%d', res[4] + g_c), nf, ns)
+    else
+      call('HSET', key, ARGV[f], fmt('%d', res[1] + g_t), ARGV[f + 1],
+        fmt('%d', res[2] + g_c), nf, ns)
+    end
   end
-  -- A new field may be in a new key: give it its expiry.
-  if added > 0 then call('EXPIREAT', key, exp_s) end
+  -- Every writer gives a window key its expiry when it creates a request
+  -- count, so a key that had this one has its expiry already.
+  if n == 1 then call('EXPIREAT', key, exp_s) end
 end
-charge(KEYS[4], dres, ARGV[9])
-charge(KEYS[5], mres, ARGV[10])
+charge(KEYS[4], dres, ARGV[9], dv[1])
+charge(KEYS[5], mres, ARGV[10], mv[1])
 
 -- Alerts: SOFT/SHADOW rules crossed, then thresholds reached after the charge.
 -- Rare: the tables the alert helpers read are built only then.
@@ -252,12 +263,10 @@ for k = 1, nrules do
   end
 end
 
-report(KEYS[10], ARGV[granted + 4], ARGV[9])
-report(KEYS[11], ARGV[granted + 4], ARGV[10])
 if would_deny then
   local field = ARGV[13] .. ARGV[granted + 1] .. '|s'
-  report(KEYS[10], field, ARGV[9])
-  report(KEYS[11], field, ARGV[10])
+  report(KEYS[4], field, ARGV[9])
+  report(KEYS[5], field, ARGV[10])
 end
 
 local resp = answer(ARGV[granted + 6])

@@ -12,7 +12,7 @@
 -- KEYS[6] rules hash       bd:{org}:rules
 -- KEYS[7] day fired alerts, KEYS[8] month fired alerts (the reservation's windows)
 -- KEYS[9] alert stream     bd:{org}:alerts
--- KEYS[10] day report, KEYS[11] month report (the reservation's windows)
+-- (the usage report counters are fields of the day and month counters)
 --
 -- ARGV[1] op: 'reconcile' | 'release'     ARGV[2] request_id
 -- ARGV[3] day window id expected          ARGV[4] month window id expected
@@ -41,7 +41,7 @@ local paths = split(h[9], ',')
 local est_t, est_c = tonumber(h[2]), tonumber(h[3])
 local day, month = KEYS[2], KEYS[3]
 local granted = h[1]
-local repd, repm = KEYS[10], KEYS[11]
+local repd, repm = day, month
 
 -- Answers that need no write come first.
 if op == 'reconcile' and state == 'reconciled' then
