@@ -231,13 +231,16 @@ WINDOW_KINDS = {"d": "day", "m": "month"}
 
 
 def counters(r: redis.Redis, org: str, kind: str = "d") -> dict[str, int]:
-    """Sum of every counter field of the org over all its windows of one
-    kind: "d" (day windows) or "m" (month windows)."""
+    """Sum of every budget counter field of the org over all its windows of
+    one kind: "d" (day windows) or "m" (month windows). Not the report
+    counters (sm|...), which share the hashes."""
     assert kind in WINDOW_KINDS, kind
     out: dict[str, int] = {}
     for key in r.scan_iter(match=f"bd:{{{org}}}:w:{kind}*", count=1000):
         for f, v in r.hgetall(key).items():
             k = f.decode() if isinstance(f, bytes) else str(f)
+            if k.startswith("sm|"):
+                continue
             out[k] = out.get(k, 0) + int(v)
     return out
 

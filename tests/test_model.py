@@ -492,7 +492,7 @@ class BudgetMachine(RuleBasedStateMachine):
             wid = key.decode().rsplit(":", 1)[1]
             for f, v in self.r.hgetall(key).items():
                 # Budget counters; the report counters (sm|...) share the hash.
-                if int(v) != 0 and not f.startswith(b"sm|"):
+                if not f.startswith(b"sm|") and int(v) != 0:
                     real[(wid, f.decode())] = int(v)
         want = self.m.nonzero()
         if real != want:

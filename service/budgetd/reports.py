@@ -2,19 +2,23 @@
 in each window's counter hash, read with one HGETALL per window, never a
 keyspace scan.
 
-  bd:{org}:w:<window_id>  hash  "sm|<team>[/<feature>]|<model>|<metric>" -> integer
-    (beside the budget counters u|... and r|..., which reports skip)
-    one counter per scope, model and metric; reports by team, feature, model or
-    scope and model (the drift check) add them up when read.
-    metric: i o cw cr (tokens by kind), c (cost micros), n (requests),
-            d (denials), s (allowed, but a SHADOW rule would have denied)
+  bd:{org}:w:<window_id>  hash  (beside the budget counters u|... and r|...,
+                                  which reports skip)
+    "sm|<team>[/<feature>]|<model>|u" -> "<i> <o> <cw> <cr> <c>"
+        tokens by kind (input, output, cache write, cache read), cost micros
+    "sm|<team>[/<feature>]|<model>|<metric>" -> integer
+        metric: n (requests), d (denials), s (allowed, but a SHADOW rule
+        would have denied)
+    per scope and model; reports by team, feature, model or scope and model
+    (the drift check) add them up when read.
   Expiry of the window counters: day + 36 days, month + 400 days, so monthly
   reports work for 13 months.
 
 Versions before 0.2 kept these counters in a hash of their own,
-bd:{org}:rep:<window_id> (one key more per window). Reports add both, so a
-window written before, during or after a rolling upgrade reads whole; the old
-key expires with its window.
+bd:{org}:rep:<window_id> (one key more per window), with a field per usage
+metric (metric i, o, cw, cr, c). Reports add both, so a window written before,
+during or after a rolling upgrade reads whole; the old key expires with its
+window.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from budgetd.errors import InvalidArgument, ResourceExhausted
 
 GROUPS = ("team", "feature", "model", "scope_model")
 METRICS = ("i", "o", "cw", "cr", "c", "n", "d", "s")
+# The metrics of a "...|u" field's value, in order.
+USAGE_METRICS = ("i", "o", "cw", "cr", "c")
 # A report hash holds at most this many fields before we refuse to build a
 # response from it (bounded memory and message size; ~ 8 metrics x 60k
 # scope-model pairs).
@@ -107,10 +113,18 @@ def build(org: str, window_id: str, group_by: str, *raws: dict[Any, Any]) -> Rep
             parts = key.split("|")
             # Ids and model names cannot hold '|': anything else (the budget
             # counters u|<path>|<unit>, r|...) is not a report counter.
-            if len(parts) != 4 or parts[0] != "sm" or parts[3] not in _ATTR:
+            if len(parts) != 4 or parts[0] != "sm" or (parts[3] not in _ATTR
+                                                       and parts[3] != "u"):
                 continue
             group = _group_of(group_by, parts[1], parts[2])
-            rows.setdefault(group, Row(group)).add(parts[3], int(v))
+            row = rows.get(group)
+            if row is None:
+                row = rows[group] = Row(group)
+            if parts[3] == "u":
+                for metric, n in zip(USAGE_METRICS, v.split(), strict=True):
+                    row.add(metric, int(n))
+            else:
+                row.add(parts[3], int(v))
     rep = Report(org, window_id, group_by, sorted(rows.values(), key=lambda r: r.group))
     for r in rep.rows:
         for attr in _ATTR.values():

@@ -152,20 +152,45 @@ end
 -- Usage report counters, in the window's counter hash (bd:{org}:w:<window_id>,
 -- same expiry; before, a hash of their own, bd:{org}:rep:<window_id>, still
 -- read for old windows), one group per scope and model:
--- sm|<team>[/<feature>]|<model>|<metric>. Reports by team, feature or
--- model add these up when read (reports.py), so each charge costs one HINCRBY
--- per metric, not one per grouping.
--- metrics: i o cw cr (tokens by kind), c (cost micros), n (requests),
--- d (denials), s (allowed, but a SHADOW rule would have denied).
+--   sm|<team>[/<feature>]|<model>|u  "<i> <o> <cw> <cr> <c>": tokens by kind
+--                                    (input, output, cache write, cache read)
+--                                    and cost micros, in one field
+--   sm|<team>[/<feature>]|<model>|n  requests (reserve charges it itself)
+--   ...|d  denials    ...|s  allowed, but a SHADOW rule would have denied
+-- Reports by team, feature or model add these up when read (reports.py), so a
+-- charge costs one field per scope and model, not one per grouping; the five
+-- usage metrics share a field because they change together (settle, record,
+-- expiry), and every field name costs Redis memory in every window. Versions
+-- before 0.2 kept one field per usage metric (...|i, |o, |cw, |cr, |c), which
+-- reports still add.
+-- metrics: pairs of (name, amount); names i o cw cr c n.
+local USAGE_AT = {i = 1, o = 2, cw = 3, cr = 4, c = 5}
 local function report_add(key, paths, model, metrics)
   local org = paths[1]
   local tf = ''
   if paths[3] then tf = string.sub(paths[3], #org + 2)
   elseif paths[2] then tf = string.sub(paths[2], #org + 2) end
   local g = 'sm|' .. tf .. '|' .. model .. '|'
+  local add, any = {0, 0, 0, 0, 0}, false
   for i = 1, #metrics, 2 do
-    if metrics[i + 1] ~= 0 then
-      redis.call('HINCRBY', key, g .. metrics[i], istr(metrics[i + 1]))
+    local m, v = metrics[i], metrics[i + 1]
+    if v ~= 0 then
+      if m == 'n' then
+        redis.call('HINCRBY', key, g .. 'n', v)
+      else
+        add[USAGE_AT[m]], any = v, true
+      end
     end
   end
+  if not any then return end
+  local cur = redis.call('HGET', key, g .. 'u')
+  if cur then
+    local k = 0
+    for x in string.gmatch(cur, '%S+') do
+      k = k + 1
+      add[k] = add[k] + tonumber(x)
+    end
+  end
+  redis.call('HSET', key, g .. 'u', istr(add[1]) .. ' ' .. istr(add[2]) .. ' ' .. istr(add[3])
+    .. ' ' .. istr(add[4]) .. ' ' .. istr(add[5]))
 end
