@@ -9,6 +9,7 @@ import json
 
 import pytest
 import redis
+from budgetd import orgcache
 from budgetd.limits import RECORD_RETENTION_S
 from budgetd_client import AlreadyExists, Usage
 from conftest import T0, Budgetd, ms
@@ -109,3 +110,46 @@ def test_legacy_reservation_expires_by_the_sweep(b: Budgetd, r: redis.Redis) -> 
     assert r.hget(f"bd:{{{ORG}}}:q:old-3", "state") == b"expired"
     # The default policy keeps the estimate as spent.
     assert (counter(r, DAY, f"r|{PATH}|t"), counter(r, DAY, f"u|{PATH}|t")) == (0, 400)
+
+
+def test_an_org_configured_before_0_2_keeps_its_zone_and_rules_generation(
+        budgetd: Budgetd, r: redis.Redis) -> None:
+    """Before 0.2 the zone and the rules generation lived in the org's
+    settings hash only (bd:{org}:cfg: tz, rgen), and replicas of that version
+    still check them there during a rolling upgrade. A replica of this version
+    copies the zone into the rules hash (where its reserve script checks it),
+    and a rule change bumps both generations."""
+    set_test_pricing(budgetd.admin)
+    r.hset(f"bd:{{{ORG}}}:cfg", mapping={"tz": "Pacific/Auckland", "rgen": "3"})
+    r.hset(f"bd:{{{ORG}}}:rules", f"{PATH}|d|t", "1000|h|50,75,90,100")
+    r.sadd("bd:orgs", ORG)
+    # T0 is 2027-03-15 12:00 UTC: 2027-03-16 in Auckland.
+    assert budgetd.client.reserve(PATH, TEST_MODEL, tokens=600, cost_micros=1).allowed
+    assert r.hget(f"bd:{{{ORG}}}:w:d20270316", f"r|{PATH}|t") == b"600"
+    assert r.hget(f"bd:{{{ORG}}}:rules", "#tz") == b"Pacific/Auckland"
+    assert not budgetd.client.reserve(PATH, TEST_MODEL, tokens=600, cost_micros=1).allowed
+    budgetd.admin.set_budget(PATH, "day", "tokens", 2000)
+    assert r.hget(f"bd:{{{ORG}}}:cfg", "rgen") == b"4"
+    assert budgetd.client.reserve(PATH, TEST_MODEL, tokens=600, cost_micros=1).allowed
+    assert [(str(x.scope), x.limit) for x in budgetd.admin.list_budgets(ORG)] == [(PATH, 2000)]
+    # Back to UTC: the copy goes (a missing zone is UTC).
+    budgetd.admin.set_org_settings(ORG, time_zone="UTC")
+    assert r.hget(f"bd:{{{ORG}}}:rules", "#tz") is None
+    assert budgetd.client.reserve(PATH, TEST_MODEL, tokens=5, cost_micros=1).allowed
+    assert r.hget(f"bd:{{{ORG}}}:w:{DAY}", f"r|{PATH}|t") == b"5"
+
+
+def test_a_zone_an_older_replica_changes_reaches_this_one_when_it_reloads(
+        budgetd: Budgetd, r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older replica sets the zone in the settings hash only; this one
+    sees the two copies differ on its next load of the org, and copies it."""
+    set_test_pricing(budgetd.admin)
+    budgetd.admin.set_budget(PATH, "day", "tokens", 10_000)
+    assert budgetd.client.reserve(PATH, TEST_MODEL, tokens=7, cost_micros=1).allowed
+    r.hset(f"bd:{{{ORG}}}:cfg", "tz", "Pacific/Auckland")  # what the older replica writes
+    assert budgetd.client.reserve(PATH, TEST_MODEL, tokens=8, cost_micros=1).allowed
+    assert r.hget(f"bd:{{{ORG}}}:w:{DAY}", f"r|{PATH}|t") == b"15"  # cached: not yet
+    # The org cache reloads an org after ORG_CACHE_S (monotonic time): now.
+    monkeypatch.setattr(orgcache, "ORG_CACHE_S", 0.0)
+    assert budgetd.client.reserve(PATH, TEST_MODEL, tokens=9, cost_micros=1).allowed
+    assert r.hget(f"bd:{{{ORG}}}:w:d20270316", f"r|{PATH}|t") == b"9"

@@ -102,7 +102,9 @@ class Admin:
 
     async def list_budgets(self, org: str) -> list[Rule]:
         raw = await self.redis.hgetall(w.rules_key(org))
-        rules = [Rule.parse(text(k), text(v)) for k, v in raw.items()]
+        # Not the generation nor the zone ('#g', '#tz': orgcache.py).
+        rules = [Rule.parse(text(k), text(v)) for k, v in raw.items()
+                 if not text(k).startswith("#")]
         rules.sort(key=lambda r: (r.scope.path, r.window, r.unit))
         return rules
 
@@ -120,6 +122,10 @@ class Admin:
             mapping["expiry"] = expiry
         if mapping:
             await self.redis.hset(w.settings_key(org), mapping=mapping)
+            if tz is not None:
+                # The reserve script checks the zone's copy in the rules hash.
+                await self.ledger.scripts.org_tz(
+                    self.redis, [w.rules_key(org), w.settings_key(org)], [], batched=False)
             await self.redis.sadd(w.ORGS_KEY, org)
         self.ledger.forget_org(org)
         return await self.get_settings(org)

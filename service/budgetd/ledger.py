@@ -252,7 +252,7 @@ class Ledger:
         hit = None if fresh else self._cached(org)
         if hit is not None:
             return hit
-        return self._cache_orgs(await orgcache.load(self.redis, [org]))[org]
+        return self._cache_orgs(await orgcache.load(self.redis, [org], self.scripts.org_tz))[org]
 
     def _cached(self, org: str) -> OrgConfig | None:
         """The org's cached config if still fresh (no await: the hot path
@@ -276,7 +276,7 @@ class Ledger:
             self._remember_orgs(new)
         cold = [o for o in orgs if self._cached(o) is None]
         if cold:
-            self._cache_orgs(await orgcache.load(self.redis, cold))
+            self._cache_orgs(await orgcache.load(self.redis, cold, self.scripts.org_tz))
 
     async def org_tz(self, org: str, fresh: bool = False) -> str:
         return (await self.org_config(org, fresh)).tz
@@ -368,7 +368,7 @@ class Ledger:
             if len(cfg.keys) >= 4:
                 cfg.keys.clear()  # past days
             keys = cfg.keys[ck] = (
-                w.rules_key(org), w.settings_key(org), w.window_key(org, win.day_id),
+                w.rules_key(org), w.window_key(org, win.day_id),
                 w.window_key(org, win.month_id), w.expiry_key(org), fired_key(org, win.day_id),
                 fired_key(org, win.month_id), alerts_key(org))
         return keys
@@ -554,7 +554,7 @@ class Ledger:
         for _ in range(2):
             win = w.windows_at(at_ms, tz)
             paths = req.scope.paths
-            keys = [w.request_key(org, req.request_id), w.settings_key(org),
+            keys = [w.request_key(org, req.request_id),
                     w.window_key(org, win.day_id), w.window_key(org, win.month_id),
                     w.rules_key(org), fired_key(org, win.day_id),
                     fired_key(org, win.month_id), alerts_key(org)]

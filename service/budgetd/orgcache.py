@@ -1,6 +1,9 @@
 """What a replica keeps of an org between calls: its time zone and its
-budget rules, with the rules' generation (`rgen` in the org's settings hash,
-bumped in the same script that changes a rule: scripts/rules.lua).
+budget rules, with the rules' generation (field `#g` of the rules hash,
+bumped in the same script that changes a rule: scripts/rules.lua). The zone
+is set in the org's settings hash (`tz`) and copied to the rules hash (`#tz`,
+scripts/org_tz.lua), so the reserve script checks zone and generation with
+one read of one key, and an org without settings needs no settings hash.
 
 The reserve script receives the rules of the scope, already parsed into the
 strings it needs, with the generation and zone they came from; it compares
@@ -8,9 +11,7 @@ both with the stored ones and answers 'stale_cfg' if either moved, so a
 cached copy is never used after a change. Parsing rules once here instead of
 in Lua on every call is most of what keeps Reserve cheap for Redis.
 
-The generation is read before the rules: a change between the two reads
-leaves a newer rule set under an older generation, which the script rejects
-(stale), never the reverse."""
+Rules, generation and zone are one HGETALL: a consistent snapshot."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from budgetd.codec import text
 
 # A cached org is reloaded after this long even if no call found it stale.
 # The scripts' generation check makes the cache exact; this bounds only how
-# long a rule changed by a replica of an earlier version (which does not bump
-# rgen) can go unseen during a rolling upgrade.
+# long a change made by a replica of an earlier version (which bumps no
+# generation, or the settings hash's `rgen` of before 0.2, or sets the zone
+# in the settings hash only) can go unseen during a rolling upgrade.
 ORG_CACHE_S = 300.0
 # Orgs a replica keeps (~1.9 KB each with one scope, measured; the scope's
 # arguments are kept as one bytes string); past this the cache starts over
@@ -108,17 +110,29 @@ class OrgConfig:
         return ScopeRules(paths, ",".join(paths), f"sm|{tf}|", "\0".join(args).encode())
 
 
-async def load(redis: Any, orgs: list[str]) -> dict[str, OrgConfig]:
-    """Reads orgs' zones, rules generations and rules in one pipeline: each
-    org's generation before its rules (see the module docstring)."""
+GENERATION_FIELD = "#g"
+ZONE_FIELD = "#tz"
+
+
+async def load(redis: Any, orgs: list[str], org_tz: Any) -> dict[str, OrgConfig]:
+    """Reads orgs' rules hashes (rules, generation, zone) in one pipeline,
+    with each zone as set in its settings hash. Where the two zones differ
+    (an org configured before 0.2, or a zone an older replica changed) the
+    org_tz script copies it over first: the copy is what the reserve script
+    checks."""
     pipe = redis.pipeline(transaction=False)
     for org in orgs:
-        pipe.hmget(w.settings_key(org), "tz", "rgen")
+        pipe.hget(w.settings_key(org), "tz")
         pipe.hgetall(w.rules_key(org))
     got = await pipe.execute()
     out = {}
     for i, org in enumerate(orgs):
-        (tz, rgen), raw = got[2 * i], got[2 * i + 1]
-        out[org] = OrgConfig(text(tz) if tz else "UTC", text(rgen) if rgen else "",
-                             {text(k): text(v) for k, v in raw.items()})
+        tz, raw = got[2 * i], got[2 * i + 1]
+        rules = {text(k): text(v) for k, v in raw.items()}
+        if (text(tz) if tz else "UTC") != rules.get(ZONE_FIELD, "UTC"):
+            flat = await org_tz(redis, [w.rules_key(org), w.settings_key(org)], [],
+                                batched=False)
+            rules = {text(flat[j]): text(flat[j + 1]) for j in range(0, len(flat), 2)}
+        out[org] = OrgConfig(rules.pop(ZONE_FIELD, "UTC"), rules.pop(GENERATION_FIELD, ""),
+                             rules)
     return out

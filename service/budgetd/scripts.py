@@ -128,6 +128,7 @@ class Scripts:
         self.drift_alert = Script("drift_alert")
         self.rules = Script("rules")
         self.walker = Script("walker")
+        self.org_tz = Script("org_tz")
 
     def attach(self, batcher: ScriptBatcher | None) -> None:
         """Route every script call on `batcher.redis` through the batcher
@@ -137,4 +138,4 @@ class Scripts:
 
     def all(self) -> list[Script]:
         return [self.reserve, self.settle, self.record, self.expire, self.drift_alert,
-                self.rules, self.walker]
+                self.rules, self.walker, self.org_tz]

@@ -2,12 +2,11 @@
 -- that cannot reserve). Idempotent by request_id.
 --
 -- KEYS[1] request record   bd:{org}:q:<request_id>
--- KEYS[2] org settings     bd:{org}:cfg
--- KEYS[3] day counters     bd:{org}:w:d<YYYYMMDD>
--- KEYS[4] month counters   bd:{org}:w:m<YYYYMM>
--- KEYS[5] rules hash       bd:{org}:rules
--- KEYS[6] day fired alerts, KEYS[7] month fired alerts
--- KEYS[8] alert stream     bd:{org}:alerts
+-- KEYS[2] day counters     bd:{org}:w:d<YYYYMMDD>
+-- KEYS[3] month counters   bd:{org}:w:m<YYYYMM>
+-- KEYS[4] rules hash       bd:{org}:rules (and '#tz', the org's zone)
+-- KEYS[5] day fired alerts, KEYS[6] month fired alerts
+-- KEYS[7] alert stream     bd:{org}:alerts
 -- (the usage report counters are fields of the day and month counters)
 --
 -- ARGV[1] request_id        ARGV[2] scope path        ARGV[3] model
@@ -31,7 +30,7 @@ if existing[1] then
   if existing[4] ~= ARGV[4] then return {'exists', 'usage'} end
   return {'dup', existing[5]}
 end
-local tz = redis.call('HGET', KEYS[2], 'tz')
+local tz = redis.call('HGET', KEYS[4], '#tz')
 if not tz then tz = 'UTC' end
 if tz ~= ARGV[5] then return {'stale_tz', tz} end
 
@@ -39,19 +38,19 @@ local npaths = tonumber(ARGV[14])
 local paths = {}
 for i = 1, npaths do paths[i] = ARGV[14 + i] end
 local t, c = tonumber(ARGV[12]), tonumber(ARGV[13])
+adjust(KEYS[2], paths, 'u', t, c)
 adjust(KEYS[3], paths, 'u', t, c)
-adjust(KEYS[4], paths, 'u', t, c)
 local o = 15 + npaths
 local used = {'n', 1, 'i', tonumber(ARGV[o]), 'o', tonumber(ARGV[o + 1]),
   'cw', tonumber(ARGV[o + 2]), 'cr', tonumber(ARGV[o + 3]), 'c', c}
+report_add(KEYS[2], paths, ARGV[3], used)
 report_add(KEYS[3], paths, ARGV[3], used)
-report_add(KEYS[4], paths, ARGV[3], used)
 local alerts = {}
-local rules = load_rules(KEYS[5], paths, {{'d', KEYS[3], ARGV[7], KEYS[6]},
-  {'m', KEYS[4], ARGV[8], KEYS[7]}})
-threshold_alerts({stream = KEYS[8], now_ms = ARGV[6], rid = ARGV[1]}, rules, alerts)
-for _, k in ipairs({KEYS[3], KEYS[6]}) do redis.call('EXPIREAT', k, tonumber(ARGV[9])) end
-for _, k in ipairs({KEYS[4], KEYS[7]}) do redis.call('EXPIREAT', k, tonumber(ARGV[10])) end
+local rules = load_rules(KEYS[4], paths, {{'d', KEYS[2], ARGV[7], KEYS[5]},
+  {'m', KEYS[3], ARGV[8], KEYS[6]}})
+threshold_alerts({stream = KEYS[7], now_ms = ARGV[6], rid = ARGV[1]}, rules, alerts)
+for _, k in ipairs({KEYS[2], KEYS[5]}) do redis.call('EXPIREAT', k, tonumber(ARGV[9])) end
+for _, k in ipairs({KEYS[3], KEYS[6]}) do redis.call('EXPIREAT', k, tonumber(ARGV[10])) end
 local resp = cjson.encode({tokens = ARGV[12], cost = ARGV[13], alerts = alerts})
 redis.call('HSET', req, 'kind', 'record', 'scope', ARGV[2], 'model', ARGV[3], 'usage', ARGV[4],
   'created_ms', ARGV[6], 'dwid', ARGV[7], 'mwid', ARGV[8], 'resp', resp)

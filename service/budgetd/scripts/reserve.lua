@@ -15,14 +15,13 @@
 -- request count was missing); the record is five fields.
 --
 -- KEYS[1] request record   bd:{org}:q:<request_id>
--- KEYS[2] rules hash       bd:{org}:rules
--- KEYS[3] org settings     bd:{org}:cfg (tz, rgen)
--- KEYS[4] day counters     bd:{org}:w:d<YYYYMMDD>
--- KEYS[5] month counters   bd:{org}:w:m<YYYYMM>
--- KEYS[6] expiry index     bd:{org}:exp
--- KEYS[7] day fired alerts   bd:{org}:fired:d<YYYYMMDD>
--- KEYS[8] month fired alerts bd:{org}:fired:m<YYYYMM>
--- KEYS[9] alert stream       bd:{org}:alerts
+-- KEYS[2] rules hash       bd:{org}:rules ('#tz' zone, '#g' rules generation)
+-- KEYS[3] day counters     bd:{org}:w:d<YYYYMMDD>
+-- KEYS[4] month counters   bd:{org}:w:m<YYYYMM>
+-- KEYS[5] expiry index     bd:{org}:exp
+-- KEYS[6] day fired alerts   bd:{org}:fired:d<YYYYMMDD>
+-- KEYS[7] month fired alerts bd:{org}:fired:m<YYYYMM>
+-- KEYS[8] alert stream       bd:{org}:alerts
 -- (the usage report counters are fields of the day and month counters)
 --
 -- ARGV[1]  request_id
@@ -84,7 +83,7 @@ if call('EXISTS', req) == 1 then
   return {'dup', existing[3]}
 end
 
-local cfg = call('HMGET', KEYS[3], 'tz', 'rgen')
+local cfg = call('HMGET', KEYS[2], '#tz', '#g')
 if (cfg[1] or 'UTC') ~= ARGV[3] or (cfg[2] or '') ~= ARGV[4] then return {'stale_cfg'} end
 
 -- Numbers from strings by arithmetic ('12' + 0): Lua converts them as
@@ -101,8 +100,8 @@ local cand_at = rule_at + 3 * nrules
 -- candidate's request count, then the day's used counters then the reserved
 -- ones, the month's reserved then its used.
 local nf1 = ARGV[cand_at + 4]
-local dv = call('HMGET', KEYS[4], nf1, unpack(ARGV, 19, month_at - 1))
-local mv = call('HMGET', KEYS[5], nf1, unpack(ARGV, res_at, rule_at - 1))
+local dv = call('HMGET', KEYS[3], nf1, unpack(ARGV, 19, month_at - 1))
+local mv = call('HMGET', KEYS[4], nf1, unpack(ARGV, res_at, rule_at - 1))
 -- Tables are sized by their constructors: growing one rehashes it, which
 -- costs more than all the arithmetic here. A scope has at most 12 rules.
 local F = false
@@ -182,8 +181,8 @@ if granted == nil then
   call('HSET', req, 'kind', 'reserve', 'state', 'denied', 'fp', ARGV[2], 'resp', resp)
   call('EXPIRE', req, ARGV[12])
   local field = ARGV[13] .. ARGV[first] .. '|d'
-  report(KEYS[4], field, ARGV[9])
-  report(KEYS[5], field, ARGV[10])
+  report(KEYS[3], field, ARGV[9])
+  report(KEYS[4], field, ARGV[10])
   return {'denied', resp}
 end
 
@@ -227,21 +226,21 @@ local function charge(key, res, exp_s, nv)
   -- count, so a key that had this one has its expiry already.
   if n == 1 then call('EXPIREAT', key, exp_s) end
 end
-charge(KEYS[4], dres, ARGV[9], dv[1])
-charge(KEYS[5], mres, ARGV[10], mv[1])
+charge(KEYS[3], dres, ARGV[9], dv[1])
+charge(KEYS[4], mres, ARGV[10], mv[1])
 
 -- Alerts: SOFT/SHADOW rules crossed, then thresholds reached after the charge.
 -- Rare: the tables the alert helpers read are built only then.
 local alerts, ctx = nil, nil
 local function alerting(k)
   if not alerts then
-    alerts, ctx = {}, {stream = KEYS[9], now_ms = ARGV[5], rid = ARGV[1]}
+    alerts, ctx = {}, {stream = KEYS[8], now_ms = ARGV[5], rid = ARGV[1]}
   end
   local path, w, u, ths = string.match(ARGV[rule_at + 3 * k - 3],
     '^(%S+)|(%a)|(%a) %d+|%a|(.*)$')
   local day = w == 'd'
   return {path = path, u = u, w = w, wid = day and ARGV[7] or ARGV[8],
-    fired = day and KEYS[7] or KEYS[8], exp = day and ARGV[9] or ARGV[10],
+    fired = day and KEYS[6] or KEYS[7], exp = day and ARGV[9] or ARGV[10],
     limit = R[4 * k - 3], mode = R[4 * k], ths = ths}
 end
 local would_deny = false
@@ -265,8 +264,8 @@ end
 
 if would_deny then
   local field = ARGV[13] .. ARGV[granted + 1] .. '|s'
-  report(KEYS[4], field, ARGV[9])
-  report(KEYS[5], field, ARGV[10])
+  report(KEYS[3], field, ARGV[9])
+  report(KEYS[4], field, ARGV[10])
 end
 
 local resp = answer(ARGV[granted + 6])
@@ -274,5 +273,5 @@ if alerts and #alerts > 0 then resp = resp .. '\n' .. cjson.encode(alerts) end
 call('HSET', req, 'kind', 'reserve', 'state', 'held', 'fp', ARGV[2], 'hold', ARGV[granted + 5],
   'resp', resp)
 call('EXPIRE', req, ARGV[11])
-call('ZADD', KEYS[6], ARGV[6], ARGV[1])
+call('ZADD', KEYS[5], ARGV[6], ARGV[1])
 return {'ok', resp}
