@@ -233,8 +233,9 @@ def scope_keys(r: redis.Redis, org: str, record: str) -> list[str]:
     hold = r.hget(record, "hold")
     assert hold is not None, record
     dwid, mwid = hold.decode().split(" ")[3:5]  # ledger.HOLD_PARTS
-    return [w.rules_key(org), w.settings_key(org), w.window_key(org, dwid),
-            w.window_key(org, mwid)]
+    keys = [w.rules_key(org), w.window_key(org, dwid), w.window_key(org, mwid)]
+    # Only an org with settings of its own has a settings hash.
+    return [*keys, w.settings_key(org)] if r.exists(w.settings_key(org)) else keys
 
 
 def print_kinds(title: str, kinds: dict[str, dict[str, float | str]]) -> float:

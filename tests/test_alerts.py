@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import datetime as dt
 import queue
+import re
 import threading
 import time
 from collections import Counter
+from importlib import resources
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ import redis
 from budgetd.clock import ManualClock
 from budgetd.config import Settings
 from budgetd.embedded import EmbeddedRedis
+from budgetd.limits import DEFAULT_ALERT_THRESHOLDS
 from budgetd.server import ServerThread
 from budgetd_client import AdminClient, Alert, CallPolicy, InvalidRequest, Usage
 from budgetd_client._proto.budget.v1 import budget_pb2 as pb
@@ -157,6 +160,25 @@ def test_reconcile_and_record_return_the_alerts_they_cross(b: Budgetd, r: redis.
     rec = b.client.record("acme/t", TEST_MODEL, Usage(input_tokens=250), request_id="imp-1")
     assert [a.threshold_percent for a in rec.raw.alerts] == [90, 100]
     assert len(stream(r)) == 4
+
+
+def test_default_thresholds_are_stored_implicitly_and_fire(b: Budgetd, r: redis.Redis) -> None:
+    """A rule with the default thresholds stores none (Redis memory per rule),
+    and still has and fires all of them, in reserve and in reconcile."""
+    b.admin.set_budget("acme/t", "day", "tokens", 1000)
+    b.admin.set_budget("acme/t", "month", "tokens", 1000, alert_thresholds_percent=[60])
+    assert r.hmget("bd:{acme}:rules", "acme/t|d|t", "acme/t|m|t") == [b"1000|h|", b"1000|h|60"]
+    assert {x.window: x.alert_thresholds_percent for x in b.admin.list_budgets("acme")} == {
+        "day": DEFAULT_ALERT_THRESHOLDS, "month": (60,)}
+    res = b.client.reserve("acme/t", TEST_MODEL, tokens=550, cost_micros=1)
+    assert [(a.window, a.threshold_percent) for a in res.alerts] == [("day", 50)]
+    s = b.client.reconcile(res.reservation_id, Usage(input_tokens=950))
+    assert [(a.window, a.threshold_percent) for a in s.alerts] == [
+        ("day", 75), ("day", 90), ("month", 60)]
+    # The reserve and reconcile scripts agree with the server on the defaults.
+    lib = (resources.files("budgetd") / "scripts" / "_lib.lua").read_text()
+    m = re.search(r"^local DEFAULT_THRESHOLDS = '([0-9,]+)'$", lib, re.M)
+    assert m and tuple(int(t) for t in m[1].split(",")) == DEFAULT_ALERT_THRESHOLDS
 
 
 def _watch(address: str, org: str, after_id: str, want: int,

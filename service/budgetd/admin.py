@@ -2,6 +2,9 @@
 
 A rule is one field of the org's rules hash, read by the reserve script:
   field "<path>|<d|m>|<t|c>"  value "<limit>|<h|s|w>|<thresholds csv>"
+The default thresholds (limits.DEFAULT_ALERT_THRESHOLDS) are stored as an
+empty csv: most rules have them, and every byte of a rule is Redis memory
+per org. A rule always has thresholds (none given means the defaults).
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ class Rule:
 
     @property
     def value(self) -> str:
-        return f"{self.limit}|{self.mode}|{','.join(str(t) for t in self.thresholds)}"
+        th = "" if self.thresholds == DEFAULT_ALERT_THRESHOLDS else ",".join(
+            str(t) for t in self.thresholds)
+        return f"{self.limit}|{self.mode}|{th}"
 
     @staticmethod
     def parse(field: str, value: str) -> Rule:
@@ -53,7 +58,7 @@ class Rule:
             ScopePath(parts[0], parts[1] if len(parts) > 1 else "",
                       parts[2] if len(parts) > 2 else ""),
             window, unit, int(limit), mode,
-            tuple(int(t) for t in th.split(",") if t),
+            tuple(int(t) for t in th.split(",")) if th else DEFAULT_ALERT_THRESHOLDS,
         )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from budgetd import windows as w
 from budgetd.codec import text
+from budgetd.limits import DEFAULT_ALERT_THRESHOLDS
 
 # A cached org is reloaded after this long even if no call found it stale.
 # The scripts' generation check makes the cache exact; this bounds only how
@@ -34,6 +35,7 @@ ORG_CACHE_S = 300.0
 MAX_CACHED_ORGS = 120_000
 # Scopes compiled per org.
 MAX_SCOPES_PER_ORG = 1_000
+DEFAULT_THRESHOLDS_CSV = ",".join(str(t) for t in DEFAULT_ALERT_THRESHOLDS)
 # A rule's mode in its layout character (see reserve.lua's header).
 _MODE_BITS = {"h": 0, "s": 16, "w": 32}
 
@@ -98,6 +100,11 @@ class OrgConfig:
             used[win].append(f"u|{paths[i]}|{u}")
             value = self.rules[f]
             limit, mode, ths = value.split("|")
+            if not ths:
+                # Stored empty: the defaults (admin.py). The script and the
+                # answer get them spelled out.
+                ths = DEFAULT_THRESHOLDS_CSV
+                value = f"{limit}|{mode}|{ths}"
             # One character says which reserved counter, window and mode.
             ri = 2 * i + (1 if u == "t" else 2)
             layout.append(chr(48 + ri + (8 if win == "m" else 0) + _MODE_BITS[mode]))

@@ -62,6 +62,10 @@ end
 -- stream, so no race can fire it twice or skip it.
 local ALERT_STREAM_MAXLEN = 10000
 
+-- A rule stored with an empty thresholds csv has the default thresholds
+-- (admin.py; limits.DEFAULT_ALERT_THRESHOLDS, checked equal by a test).
+local DEFAULT_THRESHOLDS = '50,75,90,100'
+
 -- The rules on every level of a path for the given windows, both units.
 -- wins: list of {window code, counters key, window id, fired key}.
 local function load_rules(rules_key, paths, wins)
@@ -80,7 +84,8 @@ local function load_rules(rules_key, paths, wins)
     if vals[i] then
       local parts = split(vals[i], '|')
       out[#out + 1] = {path = m[1], w = m[2][1], key = m[2][2], wid = m[2][3], fired = m[2][4],
-        u = m[3], limit = tonumber(parts[1]), mode = parts[2], ths = parts[3] or ''}
+        u = m[3], limit = tonumber(parts[1]), mode = parts[2],
+        ths = parts[3] or DEFAULT_THRESHOLDS}
     end
   end
   return out
