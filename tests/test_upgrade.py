@@ -126,15 +126,16 @@ def test_an_org_configured_before_0_2_keeps_its_zone_and_rules_generation(
     # T0 is 2027-03-15 12:00 UTC: 2027-03-16 in Auckland.
     assert budgetd.client.reserve(PATH, TEST_MODEL, tokens=600, cost_micros=1).allowed
     assert r.hget(f"bd:{{{ORG}}}:w:d20270316", f"r|{PATH}|t") == b"600"
-    assert r.hget(f"bd:{{{ORG}}}:rules", "#tz") == b"Pacific/Auckland"
+    assert r.hget(f"bd:{{{ORG}}}:rules", "#c") == b"0 Pacific/Auckland"
     assert not budgetd.client.reserve(PATH, TEST_MODEL, tokens=600, cost_micros=1).allowed
     budgetd.admin.set_budget(PATH, "day", "tokens", 2000)
     assert r.hget(f"bd:{{{ORG}}}:cfg", "rgen") == b"4"
+    assert r.hget(f"bd:{{{ORG}}}:rules", "#c") == b"1 Pacific/Auckland"
     assert budgetd.client.reserve(PATH, TEST_MODEL, tokens=600, cost_micros=1).allowed
     assert [(str(x.scope), x.limit) for x in budgetd.admin.list_budgets(ORG)] == [(PATH, 2000)]
     # Back to UTC: the copy goes (a missing zone is UTC).
     budgetd.admin.set_org_settings(ORG, time_zone="UTC")
-    assert r.hget(f"bd:{{{ORG}}}:rules", "#tz") is None
+    assert r.hget(f"bd:{{{ORG}}}:rules", "#c") == b"1"
     assert budgetd.client.reserve(PATH, TEST_MODEL, tokens=5, cost_micros=1).allowed
     assert r.hget(f"bd:{{{ORG}}}:w:{DAY}", f"r|{PATH}|t") == b"5"
 

@@ -107,7 +107,7 @@ class Admin:
 
     async def list_budgets(self, org: str) -> list[Rule]:
         raw = await self.redis.hgetall(w.rules_key(org))
-        # Not the generation nor the zone ('#g', '#tz': orgcache.py).
+        # Not the generation and zone ('#c': orgcache.py).
         rules = [Rule.parse(text(k), text(v)) for k, v in raw.items()
                  if not text(k).startswith("#")]
         rules.sort(key=lambda r: (r.scope.path, r.window, r.unit))

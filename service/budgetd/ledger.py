@@ -382,7 +382,7 @@ class Ledger:
         sr = cfg.scope_rules(org, req.scope.team, req.scope.feature)
         keys = [w.request_key(org, req.request_id), *self._reserve_keys(org, cfg, win)]
         args: list[Any] = [
-            req.request_id, _fingerprint(req), cfg.tz, cfg.rgen, now_ms, expires_ms,
+            req.request_id, _fingerprint(req), cfg.check, now_ms, expires_ms,
             win.day_id, win.month_id, win.day_expire_at_s, win.month_expire_at_s,
             req.ttl_s + RECORD_RETENTION_S, DENIED_RETENTION_S, sr.group,
             *sr.script_args, len(cands),

@@ -1,9 +1,10 @@
 """What a replica keeps of an org between calls: its time zone and its
-budget rules, with the rules' generation (field `#g` of the rules hash,
-bumped in the same script that changes a rule: scripts/rules.lua). The zone
-is set in the org's settings hash (`tz`) and copied to the rules hash (`#tz`,
-scripts/org_tz.lua), so the reserve script checks zone and generation with
-one read of one key, and an org without settings needs no settings hash.
+budget rules, with the rules' generation (field `#c` of the rules hash,
+"<generation>[ <zone>]", the generation bumped in the same script that
+changes a rule: scripts/rules.lua). The zone is set in the org's settings
+hash (`tz`) and copied into `#c` when not UTC (scripts/org_tz.lua), so the
+reserve script checks zone and generation by comparing one field, and an org
+without settings needs no settings hash.
 
 The reserve script receives the rules of the scope, already parsed into the
 strings it needs, with the generation and zone they came from; it compares
@@ -53,7 +54,7 @@ class ScopeRules:
     paths: list[str]
     joined: str  # the paths comma-joined, as the record stores them
     group: str  # the usage report group prefix "sm|<team[/feature]>|"
-    # From ARGV[14] of reserve.lua: the number of paths, of rules, of day and
+    # From ARGV[13] of reserve.lua: the number of paths, of rules, of day and
     # of month rules, the rules' layout, the counters, per rule "<field>
     # <value>", limit and lowest threshold amount; NUL-joined: one object
     # instead of ~30 keeps 100k orgs in memory.
@@ -67,7 +68,7 @@ class ScopeRules:
 @dataclass(slots=True)
 class OrgConfig:
     tz: str
-    rgen: str  # as stored ('' before the first rule change)
+    check: str  # the rules hash's '#c' as read ('' if none), which the reserve script compares
     rules: dict[str, str]  # rule field "<path>|<d|m>|<t|c>" -> "<limit>|<mode>|<thresholds>"
     loaded_s: float = field(default_factory=time.monotonic)
     scopes: dict[tuple[str, str, str], ScopeRules] = field(default_factory=dict)
@@ -101,10 +102,9 @@ class OrgConfig:
             value = self.rules[f]
             limit, mode, ths = value.split("|")
             if not ths:
-                # Stored empty: the defaults (admin.py). The script and the
-                # answer get them spelled out.
+                # Stored empty: the defaults (admin.py); so are they passed
+                # to the script and in its answer (which reads no thresholds).
                 ths = DEFAULT_THRESHOLDS_CSV
-                value = f"{limit}|{mode}|{ths}"
             # One character says which reserved counter, window and mode.
             ri = 2 * i + (1 if u == "t" else 2)
             layout.append(chr(48 + ri + (8 if win == "m" else 0) + _MODE_BITS[mode]))
@@ -117,8 +117,13 @@ class OrgConfig:
         return ScopeRules(paths, ",".join(paths), f"sm|{tf}|", "\0".join(args).encode())
 
 
-GENERATION_FIELD = "#g"
-ZONE_FIELD = "#tz"
+CHECK_FIELD = "#c"
+
+
+def zone_of(check: str) -> str:
+    """The zone in a '#c' value "<generation>[ <zone>]"."""
+    _, _, zone = check.partition(" ")
+    return zone or "UTC"
 
 
 async def load(redis: Any, orgs: list[str], org_tz: Any) -> dict[str, OrgConfig]:
@@ -136,10 +141,10 @@ async def load(redis: Any, orgs: list[str], org_tz: Any) -> dict[str, OrgConfig]
     for i, org in enumerate(orgs):
         tz, raw = got[2 * i], got[2 * i + 1]
         rules = {text(k): text(v) for k, v in raw.items()}
-        if (text(tz) if tz else "UTC") != rules.get(ZONE_FIELD, "UTC"):
+        if (text(tz) if tz else "UTC") != zone_of(rules.get(CHECK_FIELD, "")):
             flat = await org_tz(redis, [w.rules_key(org), w.settings_key(org)], [],
                                 batched=False)
             rules = {text(flat[j]): text(flat[j + 1]) for j in range(0, len(flat), 2)}
-        out[org] = OrgConfig(rules.pop(ZONE_FIELD, "UTC"), rules.pop(GENERATION_FIELD, ""),
-                             rules)
+        check = rules.pop(CHECK_FIELD, "")
+        out[org] = OrgConfig(zone_of(check), check, rules)
     return out

@@ -4,7 +4,7 @@
 -- KEYS[1] request record   bd:{org}:q:<request_id>
 -- KEYS[2] day counters     bd:{org}:w:d<YYYYMMDD>
 -- KEYS[3] month counters   bd:{org}:w:m<YYYYMM>
--- KEYS[4] rules hash       bd:{org}:rules (and '#tz', the org's zone)
+-- KEYS[4] rules hash       bd:{org}:rules ('#c': "<generation>[ <zone>]")
 -- KEYS[5] day fired alerts, KEYS[6] month fired alerts
 -- KEYS[7] alert stream     bd:{org}:alerts
 -- (the usage report counters are fields of the day and month counters)
@@ -30,8 +30,8 @@ if existing[1] then
   if existing[4] ~= ARGV[4] then return {'exists', 'usage'} end
   return {'dup', existing[5]}
 end
-local tz = redis.call('HGET', KEYS[4], '#tz')
-if not tz then tz = 'UTC' end
+local c = redis.call('HGET', KEYS[4], '#c')
+local tz = c and string.match(c, '^%d+ (.+)$') or 'UTC'
 if tz ~= ARGV[5] then return {'stale_tz', tz} end
 
 local npaths = tonumber(ARGV[14])

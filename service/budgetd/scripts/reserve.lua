@@ -15,7 +15,7 @@
 -- request count was missing); the record is five fields.
 --
 -- KEYS[1] request record   bd:{org}:q:<request_id>
--- KEYS[2] rules hash       bd:{org}:rules ('#tz' zone, '#g' rules generation)
+-- KEYS[2] rules hash       bd:{org}:rules ('#c': rules generation and zone)
 -- KEYS[3] day counters     bd:{org}:w:d<YYYYMMDD>
 -- KEYS[4] month counters   bd:{org}:w:m<YYYYMM>
 -- KEYS[5] expiry index     bd:{org}:exp
@@ -27,19 +27,20 @@
 -- ARGV[1]  request_id
 -- ARGV[2]  fingerprint: "scope model estimate ttl_s fallbacks batch", what a
 --          retry must repeat (space-separated; none of them holds a space)
--- ARGV[3]  the org's time zone as the caller read it
--- ARGV[4]  the org's rules generation as the caller read it ('' if none)
--- ARGV[5]  now_ms                         ARGV[6]  expires_at_ms
--- ARGV[7]  day window id                  ARGV[8]  month window id
--- ARGV[9]  day keys expire-at (unix s)    ARGV[10] month keys expire-at (unix s)
--- ARGV[11] seconds to keep a granted record: ttl_s + record retention
--- ARGV[12] seconds to keep a denied record
--- ARGV[13] report group prefix "sm|<team[/feature]>|"
--- ARGV[14] n, the number of paths (1..3: org, org/team, org/team/feature)
--- ARGV[15] the number of rules (in the order a denial names the first one
+-- ARGV[3]  the rules hash's '#c' as the caller read it ('' if none): the
+--          rules generation and the org's zone (orgcache.py), checked in one
+--          read
+-- ARGV[4]  now_ms                         ARGV[5]  expires_at_ms
+-- ARGV[6]  day window id                  ARGV[7]  month window id
+-- ARGV[8]  day keys expire-at (unix s)    ARGV[9]  month keys expire-at (unix s)
+-- ARGV[10] seconds to keep a granted record: ttl_s + record retention
+-- ARGV[11] seconds to keep a denied record
+-- ARGV[12] report group prefix "sm|<team[/feature]>|"
+-- ARGV[13] n, the number of paths (1..3: org, org/team, org/team/feature)
+-- ARGV[14] the number of rules (in the order a denial names the first one
 --          violated: org, team, feature; day, month; tokens, cost)
--- ARGV[16] the number of day rules     ARGV[17] the number of month rules
--- ARGV[18] the rules' layout: one character per rule, byte 48 + ri
+-- ARGV[15] the number of day rules     ARGV[16] the number of month rules
+-- ARGV[17] the rules' layout: one character per rule, byte 48 + ri
 --          + 8 (month rule) + 16 (SOFT) or 32 (SHADOW), where ri (1..2n) is
 --          the rule's reserved counter below (odd: tokens, even: cost)
 -- then the day rules' used counters u|<p>|<unit>, in rule order,
@@ -83,15 +84,14 @@ if call('EXISTS', req) == 1 then
   return {'dup', existing[3]}
 end
 
-local cfg = call('HMGET', KEYS[2], '#tz', '#g')
-if (cfg[1] or 'UTC') ~= ARGV[3] or (cfg[2] or '') ~= ARGV[4] then return {'stale_cfg'} end
+if (call('HGET', KEYS[2], '#c') or '') ~= ARGV[3] then return {'stale_cfg'} end
 
 -- Numbers from strings by arithmetic ('12' + 0): Lua converts them as
 -- tonumber does, without the cost of a function call.
-local n2 = 2 * ARGV[14]
-local nrules, nday, nmonth = ARGV[15] + 0, ARGV[16] + 0, ARGV[17] + 0
-local layout = ARGV[18]
-local res_at = 19 + nday            -- the reserved counters
+local n2 = 2 * ARGV[13]
+local nrules, nday, nmonth = ARGV[14] + 0, ARGV[15] + 0, ARGV[16] + 0
+local layout = ARGV[17]
+local res_at = 18 + nday            -- the reserved counters
 local month_at = res_at + n2        -- the month rules' used counters
 local rule_at = month_at + nmonth   -- per rule: description, limit, lowest threshold
 local cand_at = rule_at + 3 * nrules
@@ -100,7 +100,7 @@ local cand_at = rule_at + 3 * nrules
 -- candidate's request count, then the day's used counters then the reserved
 -- ones, the month's reserved then its used.
 local nf1 = ARGV[cand_at + 4]
-local dv = call('HMGET', KEYS[3], nf1, unpack(ARGV, 19, month_at - 1))
+local dv = call('HMGET', KEYS[3], nf1, unpack(ARGV, 18, month_at - 1))
 local mv = call('HMGET', KEYS[4], nf1, unpack(ARGV, res_at, rule_at - 1))
 -- Tables are sized by their constructors: growing one rehashes it, which
 -- costs more than all the arithmetic here. A scope has at most 12 rules.
@@ -124,9 +124,14 @@ local parts = {F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F,
   F, F, F, F, F, F, F, F, F, F, F, F}
 local byte = string.byte
 local di, mi = 0, n2
+local soft = false  -- any SOFT or SHADOW rule (crossing alerts are checked only then)
 for k = 1, nrules do
   local b, mode = byte(layout, k) - 48, 'h'
-  if b >= 32 then mode, b = 'w', b - 32 elseif b >= 16 then mode, b = 's', b - 16 end
+  if b >= 32 then
+    mode, b, soft = 'w', b - 32, true
+  elseif b >= 16 then
+    mode, b, soft = 's', b - 16, true
+  end
   local used, res_s, res
   if b > 8 then
     b, mi = b - 8, mi + 1
@@ -179,10 +184,10 @@ if granted == nil then
   local resp = answer(table.concat({'d', ARGV[first], ARGV[first + 1], ARGV[first + 2],
     vfield}, ' '))
   call('HSET', req, 'kind', 'reserve', 'state', 'denied', 'fp', ARGV[2], 'resp', resp)
-  call('EXPIRE', req, ARGV[12])
-  local field = ARGV[13] .. ARGV[first] .. '|d'
-  report(KEYS[3], field, ARGV[9])
-  report(KEYS[4], field, ARGV[10])
+  call('EXPIRE', req, ARGV[11])
+  local field = ARGV[12] .. ARGV[first] .. '|d'
+  report(KEYS[3], field, ARGV[8])
+  report(KEYS[4], field, ARGV[9])
   return {'denied', resp}
 end
 
@@ -226,52 +231,61 @@ local function charge(key, res, exp_s, nv)
   -- count, so a key that had this one has its expiry already.
   if n == 1 then call('EXPIREAT', key, exp_s) end
 end
-charge(KEYS[3], dres, ARGV[9], dv[1])
-charge(KEYS[4], mres, ARGV[10], mv[1])
+charge(KEYS[3], dres, ARGV[8], dv[1])
+charge(KEYS[4], mres, ARGV[9], mv[1])
 
 -- Alerts: SOFT/SHADOW rules crossed, then thresholds reached after the charge.
 -- Rare: the tables the alert helpers read are built only then.
 local alerts, ctx = nil, nil
 local function alerting(k)
   if not alerts then
-    alerts, ctx = {}, {stream = KEYS[8], now_ms = ARGV[5], rid = ARGV[1]}
+    alerts, ctx = {}, {stream = KEYS[8], now_ms = ARGV[4], rid = ARGV[1]}
   end
   local path, w, u, ths = string.match(ARGV[rule_at + 3 * k - 3],
     '^(%S+)|(%a)|(%a) %d+|%a|(.*)$')
   local day = w == 'd'
-  return {path = path, u = u, w = w, wid = day and ARGV[7] or ARGV[8],
-    fired = day and KEYS[6] or KEYS[7], exp = day and ARGV[9] or ARGV[10],
+  if ths == '' then ths = DEFAULT_THRESHOLDS end
+  return {path = path, u = u, w = w, wid = day and ARGV[6] or ARGV[7],
+    fired = day and KEYS[6] or KEYS[7], exp = day and ARGV[8] or ARGV[9],
     limit = R[4 * k - 3], mode = R[4 * k], ths = ths}
 end
+-- A rule's consumption after the charge: R[o + 2] + (R[o + 3] and g_c or g_t).
 local would_deny = false
-for k = 1, nrules do
-  local o = 4 * k - 4
-  local consumed = R[o + 2] + (R[o + 3] and g_c or g_t)
-  R[o + 2] = consumed
-  if consumed > R[o + 1] and R[o + 4] ~= 'h' then
-    if R[o + 4] == 'w' then would_deny = true end
-    local named = alerting(k)  -- sets ctx: before the call reads it
-    crossing_alert(ctx, named, consumed, alerts)
+if soft then
+  for k = 1, nrules do
+    local o = 4 * k - 4
+    if R[o + 4] ~= 'h' then
+      local consumed = R[o + 2] + (R[o + 3] and g_c or g_t)
+      if consumed > R[o + 1] then
+        if R[o + 4] == 'w' then would_deny = true end
+        local named = alerting(k)  -- sets ctx: before the call reads it
+        crossing_alert(ctx, named, consumed, alerts)
+      end
+    end
   end
 end
 for k = 1, nrules do
   local low = ARGV[rule_at + 3 * k - 1]
-  if low ~= '' and R[4 * k - 2] >= low + 0 then
-    local named = alerting(k)
-    rule_thresholds(ctx, named, R[4 * k - 2], alerts)
+  if low ~= '' then
+    local o = 4 * k - 4
+    local consumed = R[o + 2] + (R[o + 3] and g_c or g_t)
+    if consumed >= low + 0 then
+      local named = alerting(k)
+      rule_thresholds(ctx, named, consumed, alerts)
+    end
   end
 end
 
 if would_deny then
-  local field = ARGV[13] .. ARGV[granted + 1] .. '|s'
-  report(KEYS[3], field, ARGV[9])
-  report(KEYS[4], field, ARGV[10])
+  local field = ARGV[12] .. ARGV[granted + 1] .. '|s'
+  report(KEYS[3], field, ARGV[8])
+  report(KEYS[4], field, ARGV[9])
 end
 
 local resp = answer(ARGV[granted + 6])
 if alerts and #alerts > 0 then resp = resp .. '\n' .. cjson.encode(alerts) end
 call('HSET', req, 'kind', 'reserve', 'state', 'held', 'fp', ARGV[2], 'hold', ARGV[granted + 5],
   'resp', resp)
-call('EXPIRE', req, ARGV[11])
-call('ZADD', KEYS[5], ARGV[6], ARGV[1])
+call('EXPIRE', req, ARGV[10])
+call('ZADD', KEYS[5], ARGV[5], ARGV[1])
 return {'ok', resp}

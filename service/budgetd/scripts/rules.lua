@@ -3,9 +3,10 @@
 -- generation they read; the reserve script compares it with the stored one,
 -- so a cached copy is never used after a change.
 --
--- KEYS[1] rules hash      bd:{org}:rules: the rule fields, and '#g' (the
---                         generation) and '#tz' (the org's zone, see org_tz.lua),
---                         which the reserve script reads with one HMGET
+-- KEYS[1] rules hash      bd:{org}:rules: the rule fields, and '#c' =
+--                         "<generation>[ <zone>]" (the zone when not UTC, a
+--                         copy of the settings hash's: org_tz.lua), which the
+--                         reserve script compares with one HGET
 -- KEYS[2] org settings    bd:{org}:cfg: its 'rgen' is the generation replicas
 --                         of versions before 0.2 check, bumped where it exists
 --
@@ -15,19 +16,19 @@
 -- Returns 1 if the rule changed, 0 if not, -1 if the org has too many rules.
 
 local old = redis.call('HGET', KEYS[1], ARGV[2])
+local c = redis.call('HGET', KEYS[1], '#c')
 if ARGV[1] == 'set' then
   if old == ARGV[3] then return 0 end
-  if not old then
-    local special = redis.call('HMGET', KEYS[1], '#g', '#tz')
-    local n = redis.call('HLEN', KEYS[1]) - (special[1] and 1 or 0) - (special[2] and 1 or 0)
-    if n >= tonumber(ARGV[4]) then return -1 end
+  if not old and redis.call('HLEN', KEYS[1]) - (c and 1 or 0) >= tonumber(ARGV[4]) then
+    return -1
   end
   redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 else
   if not old then return 0 end
   redis.call('HDEL', KEYS[1], ARGV[2])
 end
-redis.call('HINCRBY', KEYS[1], '#g', 1)
+local gen, zone = string.match(c or '0', '^(%d+)(.*)$')
+redis.call('HSET', KEYS[1], '#c', (gen + 1) .. zone)
 -- An org configured by an earlier version has a settings hash, which its
 -- replicas check during a rolling upgrade; a new org needs none (memory).
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'rgen', 1) end
