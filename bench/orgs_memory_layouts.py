@@ -1,15 +1,18 @@
-"""Redis memory of one active org/team/feature under the current key layout
-and under the changes proposed to bring it under 1 KB, measured on synthetic
-keys in an embedded Redis: used_memory delta per scope over many scopes
-(what a deployment pays, hash-table buckets included). Also the request
-record under the default and a larger hash-max-listpack-value.
+"""Redis memory of one active org/team/feature under the key layout before
+0.2, the changes 0.2 made (cumulative, the last of them is the current
+layout), and two changes not made (they need a migration: docs/scaling.md),
+measured on synthetic keys in an embedded Redis: used_memory delta per scope
+over many scopes (what a deployment pays, hash-table buckets included). Also
+the request record under the default and a larger hash-max-listpack-value.
 
     .venv/bin/python bench/orgs_memory_layouts.py [--scopes 20000]
 
 Informational (no target): bench/orgs_scale.py measures the real layout
-through budgetd; the first row here should agree with it. The key contents
-copy what reserve.lua / settle.lua write after one Reserve and one Reconcile
-(input, output and cache-read tokens), with the rules `set_budgets` sets."""
+through budgetd; the "now" row here should agree with it, but for the rules
+generation field (#c) and the bd:orgs member, which only that one writes.
+The key contents copy what reserve.lua / settle.lua write after one Reserve
+and one Reconcile (input, output and cache-read tokens), with the rules
+`set_budgets` sets."""
 
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ RULE_VALUE = "1000000000000000|h|50,75,90,100"
 RULE_VALUE_DEFAULT_TH = "1000000000000000|h|"  # thresholds omitted = the defaults
 USED = {"t": "100", "c": "8"}
 REPORT = {"i": "60", "o": "30", "cr": "10", "c": "8", "n": "1"}
+REPORT_PACKED = {"u": "60 30 0 10 8", "n": "1"}  # "i o cw cr c" in one field
 PIPELINE_SCOPES = 1_000
 HINCRBY_CALLS = 10_000
 FEATURES = (1, 10, 30, 100, 300)
@@ -64,15 +68,24 @@ class Layout:
     report_in_window: bool = False  # sm| fields in the window's counter hash
     units_in_one_field: bool = False  # "u|team" = "tokens:cost"
     default_thresholds_implicit: bool = False  # rule value without "50,75,90,100"
+    report_packed: bool = False  # "sm|...|u" = "i o cw cr c", and "sm|...|n"
 
 
+NOW = Layout("now: + default thresholds implicit in rule values", drop_zero_reserved=True,
+             report_in_window=True, report_packed=True, default_thresholds_implicit=True)
 LAYOUTS = [
-    Layout("now"),
-    Layout("+ counter/rule fields relative to the org", relative_fields=True),
-    Layout("+ reserved counters at 0 deleted", True, True),
-    Layout("+ report counters in the window hash (3 keys)", True, True, True),
-    Layout("+ default thresholds implicit in rule values", True, True, True, False, True),
-    Layout("+ tokens and cost in one field", True, True, True, True, True),
+    Layout("before 0.2"),
+    Layout("+ report counters in the window hash, reserved counters at 0 deleted",
+           drop_zero_reserved=True, report_in_window=True),
+    Layout("+ usage report metrics in one field", drop_zero_reserved=True,
+           report_in_window=True, report_packed=True),
+    NOW,
+    Layout("(not made) + counter/rule fields relative to the org", relative_fields=True,
+           drop_zero_reserved=True, report_in_window=True, report_packed=True,
+           default_thresholds_implicit=True),
+    Layout("(not made) + tokens and cost in one field", relative_fields=True,
+           drop_zero_reserved=True, report_in_window=True, report_packed=True,
+           default_thresholds_implicit=True, units_in_one_field=True),
 ]
 
 
@@ -103,7 +116,8 @@ def scope_keys(org: str, lay: Layout, features: int = 1
             counters[f"u|{path(rel)}|{u}"] = USED[u]
             if not lay.drop_zero_reserved:
                 counters[f"r|{path(rel)}|{u}"] = "0"
-    report = {f"sm|{TEAM}/{f}|bench-model|{m}": v for f in feats for m, v in REPORT.items()}
+    metrics = REPORT_PACKED if lay.report_packed else REPORT
+    report = {f"sm|{TEAM}/{f}|bench-model|{m}": v for f in feats for m, v in metrics.items()}
     out = [(f"{tag}:rules", rules, False)]
     for wid in (DAY, MONTH):
         if lay.report_in_window:
@@ -152,7 +166,7 @@ def features_row(r: redis.Redis, n: int, features: int, listpack_entries: int
     orgs = org_ids("short", max(1, n // features))
 
     def write(pipe: Any, i: int) -> None:
-        for key, fields, ttl in scope_keys(orgs[i], LAYOUTS[0], features):
+        for key, fields, ttl in scope_keys(orgs[i], NOW, features):
             pipe.hset(key, mapping=fields)
             if ttl:
                 pipe.expire(key, 86_400 * 30)
@@ -200,11 +214,11 @@ def main() -> int:
         version = r.info("server")["redis_version"]
         print(f"redis {version}, {n} scopes per row; bytes per active org/team/feature "
               "(used_memory delta / scopes; MEMORY USAGE sum of one scope's keys)")
-        print(f"  {'layout':<50}{'keys':>5}{'org id 5-9 chars':>18}{'36-char org id':>16}")
+        print(f"  {'layout':<72}{'keys':>5}{'org id 5-9 chars':>18}{'36-char org id':>16}")
         for lay in LAYOUTS:
             keys, short, short_usage = layout_row(r, lay, n, org_ids("short", n))
             _, long, long_usage = layout_row(r, lay, n, org_ids("uuid", n))
-            print(f"  {lay.name:<50}{keys:>5}{short:>8.0f} ({short_usage:>4.0f}){long:>9.0f} "
+            print(f"  {lay.name:<72}{keys:>5}{short:>8.0f} ({short_usage:>4.0f}){long:>9.0f} "
                   f"({long_usage:>4.0f})", flush=True)
         print("orgs with one team and F active features (one scope each), current layout: "
               "bytes per scope, window hash encoding, Redis µs per HINCRBY on it")
