@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # budgetd container image: `budgetd serve` as a non-root user.
-# Build: docker build -t budgetd:0.1.0 .
+# Build: docker build -t budgetd:0.2.0 .
 # tests/test_docker_entrypoint.py builds the same wheel set (`pip wheel ./client .`)
 # and runs the same entrypoint, because no Docker engine runs in CI.
 

@@ -1,3 +1,3 @@
 """budgetd: enforce LLM API spend budgets in Redis, over gRPC."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
