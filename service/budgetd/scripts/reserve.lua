@@ -46,7 +46,8 @@
 -- then the day rules' used counters u|<p>|<unit>, in rule order,
 -- then the 2n reserved counters r|<p>|t r|<p>|c, per path (in both windows),
 -- then the month rules' used counters, in rule order,
--- then per rule: "<rule field> <rule value>", limit, and the amount at which
+-- then per rule: "<rule field> <rule value>" (as stored: an empty thresholds
+--   csv is the defaults, see DEFAULT_THRESHOLDS), limit, and the amount at which
 --   its lowest alert threshold is reached ('' if none)
 -- then the number of candidates, then per candidate: model, tokens, cost,
 --   its report field "<prefix><model>|n", its hold (below), and its answer
