@@ -131,6 +131,26 @@ def test_expiry_by_the_sweeper_on_every_shard(cluster: LocalCluster, b: Budgetd,
         assert counter(rc, org, f"u|{org}|t") == 0
 
 
+def test_zones_and_usage_reports_on_every_shard(cluster: LocalCluster, b: Budgetd,
+                                               rc: redis.RedisCluster) -> None:
+    """A zone change (settings hash and its copy in the rules hash, one
+    script) and a usage report (the window's report fields and the report
+    hash of earlier versions, one pipeline) on each org's own shard."""
+    orgs = orgs_on_distinct_masters(cluster, 3)
+    for org in orgs:
+        b.admin.set_org_settings(org, time_zone="Pacific/Auckland")
+        b.admin.set_budget(f"{org}/t", "day", "tokens", 1000)
+        res = b.client.reserve(f"{org}/t", "m", tokens=10, cost_micros=1)
+        b.client.reconcile(res.reservation_id, Usage(input_tokens=7), cost_micros=2)
+        # T0 is 2027-03-15 12:00 UTC: the 16th in Auckland.
+        assert counter(rc, org, f"u|{org}/t|t") == 0
+        assert int(rc.hget(f"bd:{{{org}}}:w:d20270316", f"u|{org}/t|t") or 0) == 7
+        rep = b.admin.get_usage_report(org, "day", "team")
+        assert rep.period_id == "2027-03-16"
+        assert [(x.group, x.input_tokens, x.requests, x.cost_micros) for x in rep.rows] == [
+            ("t", 7, 1, 2)]
+
+
 def test_reserve_batch_spans_shards(cluster: LocalCluster, b: Budgetd,
                                     rc: redis.RedisCluster) -> None:
     orgs = orgs_on_distinct_masters(cluster, 3)
