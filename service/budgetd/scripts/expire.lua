@@ -21,7 +21,6 @@ local n = (#KEYS - 2) / 3
 local expired = 0
 for k = 1, n do
   local req, day, month = KEYS[3 * k], KEYS[3 * k + 1], KEYS[3 * k + 2]
-  local repd, repm = day, month
   local id = ARGV[2 + k]
   local rec = redis.call('HMGET', req, 'state', 'hold')
   -- hold: model tokens cost dwid mwid dexp mexp expires_ms paths created_ms
@@ -39,8 +38,8 @@ for k = 1, n do
       adjust(day, paths, 'u', t, c)
       adjust(month, paths, 'u', t, c)
       -- Kept as spent: the estimate counts as cost in reports until settled.
-      report_add(repd, paths, h[1], {'c', c})
-      report_add(repm, paths, h[1], {'c', c})
+      report_add(day, paths, h[1], {'c', c})
+      report_add(month, paths, h[1], {'c', c})
     end
     redis.call('HSET', req, 'state', 'expired', 'expired_policy', policy)
     redis.call('EXPIRE', req, tonumber(ARGV[2]))

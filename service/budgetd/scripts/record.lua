@@ -30,8 +30,8 @@ if existing[1] then
   if existing[4] ~= ARGV[4] then return {'exists', 'usage'} end
   return {'dup', existing[5]}
 end
-local c = redis.call('HGET', KEYS[4], '#c')
-local tz = c and string.match(c, '^%d+ (.+)$') or 'UTC'
+local check = redis.call('HGET', KEYS[4], '#c')
+local tz = check and string.match(check, '^%d+ (.+)$') or 'UTC'
 if tz ~= ARGV[5] then return {'stale_tz', tz} end
 
 local npaths = tonumber(ARGV[14])

@@ -41,7 +41,6 @@ local paths = split(h[9], ',')
 local est_t, est_c = tonumber(h[2]), tonumber(h[3])
 local day, month = KEYS[2], KEYS[3]
 local granted = h[1]
-local repd, repm = day, month
 
 -- Answers that need no write come first.
 if op == 'reconcile' and state == 'reconciled' then
@@ -68,8 +67,8 @@ if state == 'held' and tonumber(h[8]) <= now_ms then
     adjust(day, paths, 'u', est_t, est_c)
     adjust(month, paths, 'u', est_t, est_c)
     -- Kept as spent: the estimate counts as cost in reports until settled.
-    report_add(repd, paths, granted, {'c', est_c})
-    report_add(repm, paths, granted, {'c', est_c})
+    report_add(day, paths, granted, {'c', est_c})
+    report_add(month, paths, granted, {'c', est_c})
   end
   redis.call('ZREM', KEYS[4], ARGV[2])
   state = 'expired'
@@ -88,22 +87,23 @@ if op == 'reconcile' then
   elseif state == 'expired' and expired_policy == 'keep' then
     -- The estimate was kept as spent at expiry: replace it by the actual.
     dt, dc = act_t - est_t, act_c - est_c
-    report_add(repd, paths, granted, {'c', -est_c})
-    report_add(repm, paths, granted, {'c', -est_c})
+    report_add(day, paths, granted, {'c', -est_c})
+    report_add(month, paths, granted, {'c', -est_c})
   end
   adjust(day, paths, 'u', dt, dc)
   adjust(month, paths, 'u', dt, dc)
   local used = {'i', tonumber(ARGV[11]), 'o', tonumber(ARGV[12]), 'cw', tonumber(ARGV[13]),
     'cr', tonumber(ARGV[14]), 'c', act_c}
-  report_add(repd, paths, ARGV[7], used)
-  report_add(repm, paths, ARGV[7], used)
+  report_add(day, paths, ARGV[7], used)
+  report_add(month, paths, ARGV[7], used)
   -- Actual usage above the estimate can reach thresholds.
   local alerts = {}
   local rules = load_rules(KEYS[6], paths, {{'d', day, ARGV[3], KEYS[7]},
     {'m', month, ARGV[4], KEYS[8]}})
   threshold_alerts({stream = KEYS[9], now_ms = ARGV[9], rid = ARGV[2]}, rules, alerts)
-  for _, k in ipairs({KEYS[7], repd}) do redis.call('EXPIREAT', k, tonumber(h[6])) end
-  for _, k in ipairs({KEYS[8], repm}) do redis.call('EXPIREAT', k, tonumber(h[7])) end
+  -- The window keys have their expiry since reserve created them.
+  redis.call('EXPIREAT', KEYS[7], tonumber(h[6]))
+  redis.call('EXPIREAT', KEYS[8], tonumber(h[7]))
   resp = cjson.encode({state = 'reconciled', late = late, tokens = h[2], cost = h[3],
     actual_tokens = ARGV[5], actual_cost = ARGV[6], alerts = alerts})
   redis.call('HSET', req, 'state', 'reconciled', 'settle_model', ARGV[7], 'settle_usage', ARGV[8],
@@ -117,8 +117,8 @@ else
     -- The call never happened: give back what expiry kept as spent.
     adjust(day, paths, 'u', -est_t, -est_c)
     adjust(month, paths, 'u', -est_t, -est_c)
-    report_add(repd, paths, granted, {'c', -est_c})
-    report_add(repm, paths, granted, {'c', -est_c})
+    report_add(day, paths, granted, {'c', -est_c})
+    report_add(month, paths, granted, {'c', -est_c})
   else
     back_t, back_c = 0, 0
   end
