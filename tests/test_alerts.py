@@ -131,6 +131,44 @@ def test_shadow_rule_records_would_deny_events_and_counts(b: Budgetd, r: redis.R
     assert len(stream(r)) == 2
 
 
+def test_mixed_modes_on_one_path_alert_in_rule_order_and_deny_by_the_first_hard_rule(
+        b: Budgetd, r: redis.Redis) -> None:
+    # Org SHADOW, team SOFT (both on tokens), feature HARD on cost, and a HARD
+    # org month token limit: one call sees every kind of rule at once.
+    b.admin.set_budget("acme", "day", "tokens", 1000, mode="shadow")
+    b.admin.set_budget("acme/t", "day", "tokens", 500, mode="soft")
+    b.admin.set_budget("acme/t/f", "day", "cost_micros", 10, alert_thresholds_percent=[80])
+    b.admin.set_budget("acme", "month", "tokens", 2000)
+    both = b.client.reserve("acme/t/f", TEST_MODEL, tokens=1200, cost_micros=5)
+    assert both.allowed
+    # Both crossings, in rule order (org before team), then the thresholds
+    # reached (the defaults: 50..100 % of both day rules, 50 % of the month's).
+    assert [(a.kind, a.scope.team) for a in both.alerts[:2]] == [
+        ("shadow_would_deny", ""), ("soft_over_limit", "t")]
+    assert sorted((a.scope.team, a.window, a.threshold_percent)
+                  for a in both.alerts[2:]) == sorted(
+        [(team, "day", th) for team in ("", "t") for th in (50, 75, 90, 100)]
+        + [("", "month", 50)])
+    assert [c.mode for c in both.raw.crossings] == [pb.MODE_SHADOW, pb.MODE_SOFT]
+    # The feature's cost rule (HARD) fits 5 more exactly, and its 80% is reached.
+    at = b.client.reserve("acme/t/f", TEST_MODEL, tokens=100, cost_micros=5)
+    assert at.allowed
+    assert [(a.kind, a.threshold_percent) for a in at.alerts] == [("threshold", 80)]
+    # Past both HARD rules: the denial names the first one in rule order (org
+    # month tokens, before feature day cost), with what it had seen.
+    before = keyspace(r)
+    denied = b.client.reserve("acme/t/f", TEST_MODEL, tokens=800, cost_micros=1)
+    assert not denied.allowed and denied.denial is not None
+    d = denied.denial
+    assert (str(d.scope), d.window, d.unit, d.limit, d.reserved, d.requested) == (
+        "acme", "month", "tokens", 2000, 1300, 800)
+    assert {k for k in keyspace(r) if k not in before} == {
+        f"bd:{{acme}}:q:{denied.request_id}".encode()}
+    # Both grants passed the SHADOW rule (each counts; its event fired once).
+    row = b.admin.get_usage_report("acme", "day", "team").row("t")
+    assert (row.requests, row.denials, row.shadow_denials) == (2, 1, 2)
+
+
 def test_alerts_fire_again_in_the_next_window_only(b: Budgetd, r: redis.Redis) -> None:
     b.admin.set_budget("acme", "day", "tokens", 100, alert_thresholds_percent=[50])
     b.admin.set_budget("acme", "month", "tokens", 5_000, alert_thresholds_percent=[1])

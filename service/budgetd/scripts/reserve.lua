@@ -117,22 +117,23 @@ for i = 1, n2 do
   if d > 4.5e15 or m > 4.5e15 then big = true end
 end
 
--- Rule k: limit, consumed (used + reserved), unit is cost, mode at R[4k-3..4k];
--- its description, used and reserved (as read) go to the answer's parts.
-local R = {F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F,
-  F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F}
+-- Per rule, its consumption (used + reserved) goes to C, and its
+-- description, used and reserved (as read) to the answer's parts. Per unit,
+-- the loop keeps the least headroom (limit - consumption) over the HARD
+-- rules, which a grant may not pass, over the SOFT/SHADOW rules, past which a
+-- grant alerts, and to the lowest alert thresholds: the candidates and the
+-- alerts then cost a comparison each, and the rules themselves are looked at
+-- again only when one is reached (rare; reached() below).
+local C = {F, F, F, F, F, F, F, F, F, F, F, F}
 local parts = {F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F, F,
   F, F, F, F, F, F, F, F, F, F, F, F}
-local byte = string.byte
+local byte, HUGE = string.byte, math.huge
+local hard_t, hard_c, soft_t, soft_c, low_t, low_c = HUGE, HUGE, HUGE, HUGE, HUGE, HUGE
 local di, mi = 0, n2
-local soft = false  -- any SOFT or SHADOW rule (crossing alerts are checked only then)
 for k = 1, nrules do
-  local b, mode = byte(layout, k) - 48, 'h'
-  if b >= 32 then
-    mode, b, soft = 'w', b - 32, true
-  elseif b >= 16 then
-    mode, b, soft = 's', b - 16, true
-  end
+  local b = byte(layout, k) - 48
+  local hard = b < 16
+  b = b % 16  -- ri + 8 (month rule)
   local used, res_s, res
   if b > 8 then
     b, mi = b - 8, mi + 1
@@ -141,30 +142,53 @@ for k = 1, nrules do
     di = di + 1
     used, res_s, res = dv[1 + di] or '0', dv[1 + nday + b] or '0', dres[b]
   end
-  local o, a, p = 4 * k - 4, rule_at + 3 * k - 3, 3 * k - 1
-  R[o + 1], R[o + 2], R[o + 3], R[o + 4] = ARGV[a + 1] + 0, used + res,
-    b % 2 == 0, mode
+  local consumed, a = used + res, rule_at + 3 * k - 3
+  C[k] = consumed
+  local head, low = ARGV[a + 1] - consumed, ARGV[a + 2]
+  if low == '' then low = HUGE else low = low - consumed end
+  if b % 2 == 0 then
+    if not hard then
+      if head < soft_c then soft_c = head end
+    elseif head < hard_c then hard_c = head end
+    if low < low_c then low_c = low end
+  else
+    if not hard then
+      if head < soft_t then soft_t = head end
+    elseif head < hard_t then hard_t = head end
+    if low < low_t then low_t = low end
+  end
+  local p = 3 * k - 1
   parts[p], parts[p + 1], parts[p + 2] = ARGV[a], used, res_s
+end
+
+-- The rules that tokens t or cost c added to their consumption would take
+-- past their limit (at = 1; hard: HARD rules, else SOFT/SHADOW ones) or to
+-- their lowest alert threshold (at = 2), in rule order: {k, consumption
+-- after, SHADOW} each.
+local function reached(t, c, at, hard)
+  local out = {}
+  for k = 1, nrules do
+    local b, v = byte(layout, k) - 48, ARGV[rule_at + 3 * k - 3 + at]
+    if v ~= '' and (at == 2 or (b < 16) == hard) then
+      local consumed = C[k] + (b % 2 == 0 and c or t)
+      if consumed > v + 0 or (at == 2 and consumed == v + 0) then
+        out[#out + 1] = {k, consumed, b >= 32}
+      end
+    end
+  end
+  return out
 end
 
 -- The first candidate that no HARD rule denies is granted.
 local ncand = ARGV[cand_at] + 0
-local granted, g_t, g_c, violated = nil, 0, 0, nil
+local granted, g_t, g_c = nil, 0, 0
 for ci = 1, ncand do
   local o = cand_at + (ci - 1) * 6
   local t, c = ARGV[o + 2] + 0, ARGV[o + 3] + 0
-  local bad = nil
-  for k = 4, 4 * nrules, 4 do
-    if R[k] == 'h' and R[k - 2] + (R[k - 1] and c or t) > R[k - 3] then
-      bad = k / 4
-      break
-    end
-  end
-  if not bad then
+  if t <= hard_t and c <= hard_c then
     granted, g_t, g_c = o, t, c
     break
   end
-  if ci == 1 then violated = bad end
 end
 
 -- The answer: its head, then per rule "<rule field> <rule value> <used>
@@ -181,6 +205,8 @@ end
 
 if granted == nil then
   local first = cand_at + 1
+  -- The first rule the first candidate would pass names the denial.
+  local violated = reached(ARGV[first + 1] + 0, ARGV[first + 2] + 0, 1, true)[1][1]
   local vfield = string.match(ARGV[rule_at + 3 * violated - 3], '^%S+')
   local resp = answer(table.concat({'d', ARGV[first], ARGV[first + 1], ARGV[first + 2],
     vfield}, ' '))
@@ -242,38 +268,26 @@ local function alerting(k)
   if not alerts then
     alerts, ctx = {}, {stream = KEYS[8], now_ms = ARGV[4], rid = ARGV[1]}
   end
-  local path, w, u, ths = string.match(ARGV[rule_at + 3 * k - 3],
-    '^(%S+)|(%a)|(%a) %d+|%a|(.*)$')
+  local path, w, u, limit, mode, ths = string.match(ARGV[rule_at + 3 * k - 3],
+    '^(%S+)|(%a)|(%a) (%d+)|(%a)|(.*)$')
   local day = w == 'd'
   if ths == '' then ths = DEFAULT_THRESHOLDS end
   return {path = path, u = u, w = w, wid = day and ARGV[6] or ARGV[7],
     fired = day and KEYS[6] or KEYS[7], exp = day and ARGV[8] or ARGV[9],
-    limit = R[4 * k - 3], mode = R[4 * k], ths = ths}
+    limit = limit + 0, mode = mode, ths = ths}
 end
--- A rule's consumption after the charge: R[o + 2] + (R[o + 3] and g_c or g_t).
 local would_deny = false
-if soft then
-  for k = 1, nrules do
-    local o = 4 * k - 4
-    if R[o + 4] ~= 'h' then
-      local consumed = R[o + 2] + (R[o + 3] and g_c or g_t)
-      if consumed > R[o + 1] then
-        if R[o + 4] == 'w' then would_deny = true end
-        local named = alerting(k)  -- sets ctx: before the call reads it
-        crossing_alert(ctx, named, consumed, alerts)
-      end
-    end
+if g_t > soft_t or g_c > soft_c then
+  for _, hit in ipairs(reached(g_t, g_c, 1, false)) do
+    if hit[3] then would_deny = true end
+    local named = alerting(hit[1])  -- sets ctx: before the call reads it
+    crossing_alert(ctx, named, hit[2], alerts)
   end
 end
-for k = 1, nrules do
-  local low = ARGV[rule_at + 3 * k - 1]
-  if low ~= '' then
-    local o = 4 * k - 4
-    local consumed = R[o + 2] + (R[o + 3] and g_c or g_t)
-    if consumed >= low + 0 then
-      local named = alerting(k)
-      rule_thresholds(ctx, named, consumed, alerts)
-    end
+if g_t >= low_t or g_c >= low_c then
+  for _, hit in ipairs(reached(g_t, g_c, 2)) do
+    local named = alerting(hit[1])
+    rule_thresholds(ctx, named, hit[2], alerts)
   end
 end
 
