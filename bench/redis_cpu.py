@@ -11,11 +11,10 @@ levels x 2 windows x 2 units = 12). Target: <= 25 µs per call.
 
 The target was set on another host (issue 5: "an 11-key hierarchical reserve
 script ... ~17 µs of Redis CPU per call"), and hosts of this machine's kind
-differ by ~30 %. So the same run also replays that yardstick
-(reference_reserve.lua) and measures Redis's process CPU per call of both
-(INFO cpu, over whole runs): each figure is printed as measured and adjusted
-to the yardstick's host, x 17 / (the yardstick's CPU per call here). The
-adjusted figure is the one held to the target."""
+differ by ~30 %. So the same run also replays such a script, the yardstick
+(reference_reserve.lua), the same way: each figure is printed as measured and
+adjusted to the yardstick's host, x 17 / (the yardstick's µs per call here),
+and the adjusted figure is held to the target."""
 
 from __future__ import annotations
 
