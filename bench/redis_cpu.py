@@ -115,12 +115,12 @@ def reference_calls(r: redis.Redis, n: int) -> list[Call]:
     of 3 levels (never reached), one reservation per call."""
     calls: list[Call] = []
     for i in range(n):
-        org = f"{{ref{i % BENCH_ORGS}}}"
+        org, rid = f"{{ref{i % BENCH_ORGS}}}", uuid.uuid4().hex
         levels = [org, f"{org}/team", f"{org}/team/feat"]
-        keys = ([f"ref:{org}:q:{uuid.uuid4().hex}"] + [f"ref:{p}:limits" for p in levels]
+        keys = ([f"ref:{org}:q:{rid}"] + [f"ref:{p}:limits" for p in levels]
                 + [f"ref:{p}:{w}" for p in levels for w in ("d20261126", "m202611")]
                 + [f"ref:{org}:exp"])
-        calls.append(("", keys, [uuid.uuid4().hex, 100, 1795673651706, 300]))
+        calls.append(("", keys, [rid, 100, 1795673651706, 300]))
     for i in range(BENCH_ORGS):
         org = f"{{ref{i}}}"
         for p in (org, f"{org}/team", f"{org}/team/feat"):
