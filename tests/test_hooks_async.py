@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-from budgetd_client import AsyncBudgetClient, BudgetExceeded, CallPolicy
+from budgetd_client import AsyncBudgetClient, BudgetExceeded, CallPolicy, Usage
 from budgetd_client.estimate import count_tokens, estimate_input_tokens
 from budgetd_client.hooks import AsyncBudget
 from budgetd_client.integrations import guard
@@ -168,3 +169,59 @@ def test_async_slow_budgetd_adds_at_most_the_delay_budget_before_and_after(
 
     run(bd, body, max_delay_s=1.0, policy=CallPolicy(retries=0))
     assert counters(bd) == settled(12 + 110 + 44, cost(10, 2) + cost(100, 10) + cost(40, 4))
+
+
+def test_async_budget_replays_queued_usage_when_closed(b: Budgetd, fake: FakeProviders) -> None:
+    fake.plans.append(Plan(input_tokens=60, output_tokens=500,
+                           chunks=["red green blue ", "cyan ", "magenta"]))
+
+    async def main() -> None:
+        client = AsyncBudgetClient(b.address)
+        try:
+            async with AsyncBudget(client, max_delay_s=5.0) as budget:
+                llm = guard(claude(fake), budget=budget, scope=SCOPE)
+                async for e in await llm.messages.create(model=TEST_MODEL, max_tokens=600,
+                                                         messages=MESSAGES, stream=True):
+                    if e.type == "content_block_delta":
+                        break  # dropped, not closed: its usage is queued
+                assert len(budget.queue) == 1
+                inp = estimate_input_tokens(MESSAGES, model=TEST_MODEL)
+                assert counters(b) == (0, inp + 600, 0, cost(inp, 600))  # still held
+            # Leaving the block replayed it; the client stays open.
+            assert len(budget.queue) == 0
+            assert (await client.get_budget(SCOPE)) is not None
+        finally:
+            await client.close()
+
+    asyncio.run(main())
+    delivered = count_tokens("red green blue ", TEST_MODEL)
+    assert counters(b) == settled(60 + delivered, cost(60, delivered))
+
+
+def test_async_budget_closing_with_budgetd_unreachable_is_bounded_and_says_so(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A TCP listener that never speaks HTTP/2: every call waits for its deadline.
+    sink = socket.socket()
+    sink.bind(("127.0.0.1", 0))
+    sink.listen(16)
+
+    async def main() -> float:
+        client = AsyncBudgetClient(f"127.0.0.1:{sink.getsockname()[1]}")
+        try:
+            budget = AsyncBudget(client)
+            budget.queue.push(SCOPE, "r1", TEST_MODEL, Usage(input_tokens=10, output_tokens=5))
+            start = time.monotonic()
+            with caplog.at_level(logging.WARNING, logger="budgetd_client"):
+                await budget.aclose(timeout_s=0.5)
+            assert len(budget.queue) == 1  # kept: nothing was delivered
+            return time.monotonic() - start
+        finally:
+            await client.close()
+
+    try:
+        took_s = asyncio.run(main())
+    finally:
+        sink.close()
+    assert took_s < 2.0
+    assert any("1 usage entries budgetd never received" in r.getMessage()
+               for r in caplog.records)

@@ -19,7 +19,8 @@ ahead and its usage is queued locally) or fail closed (BudgetUnavailable).
 Usage that cannot be settled in time is queued too, never dropped silently.
 The queue is replayed, within the same per-call bound, after any later
 budgetd call that answers (a Reserve or a settle), and the sync Budget makes
-one bounded attempt at interpreter exit (EXIT_FLUSH_S).
+one bounded attempt at interpreter exit (EXIT_FLUSH_S), an AsyncBudget when
+closed (`async with`, aclose()).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ MAX_MAX_DELAY_S = 60.0
 # a replay before the call) get the rest, so both together stay within it.
 SETTLE_SHARE = 0.1
 # The bounded attempt, at interpreter exit, to replay what sync Budgets still
-# hold queued (all of them together); past it the queued usage is lost.
+# hold queued (all of them together), and AsyncBudget.aclose()'s default;
+# past it the queued usage is lost.
 EXIT_FLUSH_S = 1.0
 # Used when a request gives no output cap (OpenAI allows that): the server
 # caps it at the model's maximum output.
@@ -418,6 +420,25 @@ class AsyncBudget(_BudgetBase):
         return await failopen.flush_async(
             self.client, self.queue, max_entries=max_entries,
             timeout_s=timeout_s or self.client.policy.total_timeout_s)
+
+    async def aclose(self, *, timeout_s: float = EXIT_FLUSH_S) -> None:
+        """Replays the usage still queued, within timeout_s; what remains is
+        lost, and said so. The asyncio counterpart of a sync Budget's replay
+        at interpreter exit, which an AsyncBudget cannot have (its event loop
+        is gone by then): `async with AsyncBudget(...)` calls it on exit.
+        Leaves the client open (the caller owns it)."""
+        if len(self.queue):
+            await self.flush(timeout_s=timeout_s)
+        if len(self.queue):
+            log.warning("closing with %d usage entries budgetd never received",
+                        len(self.queue))
+
+    async def __aenter__(self) -> AsyncBudget:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
 
 
 # Sync Budgets alive at interpreter exit; weak, so a Budget can still be freed.
