@@ -108,6 +108,17 @@ def test_anthropic_messages_stream_abandoned(b: Budgetd, fake: FakeProviders) ->
     assert counters(b) == settled(70 + delivered, cost(70, delivered))
 
 
+def test_anthropic_messages_stream_left_unread_settles_the_estimate(
+        b: Budgetd, fake: FakeProviders) -> None:
+    # Sent, but not one event read: no usage is known, so the estimate is spent.
+    fake.plans.append(Plan(input_tokens=70, output_tokens=900))
+    client = guard(claude(fake), budget=budget_of(b), scope=SCOPE)
+    with client.messages.stream(model=TEST_MODEL, max_tokens=1000, messages=MESSAGES):
+        pass
+    inp = estimate_input_tokens(MESSAGES, model=TEST_MODEL)
+    assert counters(b) == settled(inp + 1000, cost(inp, 1000))
+
+
 def test_anthropic_stream_closed_midway_settles_what_was_delivered(
         b: Budgetd, fake: FakeProviders) -> None:
     fake.plans.append(Plan(input_tokens=70, output_tokens=900,

@@ -83,9 +83,12 @@ class AnthropicTracker:
 
 def _snapshot_usage(stream: Any, hold: _HoldBase) -> tuple[Usage | None, str | None]:
     """From a MessageStream's accumulated message (the SDK already applies
-    message_delta's cumulative counts correctly)."""
-    snap_of = getattr(stream, "_current_snapshot_or_none", None)
-    snap = snap_of() if callable(snap_of) else None
+    message_delta's cumulative counts correctly), by its public property,
+    which asserts that a message started (or, under -O, is None)."""
+    try:
+        snap = stream.current_message_snapshot
+    except AssertionError:
+        snap = None
     if snap is None:
         return None, None
     text = "".join(_delivered_text(b) for b in snap.content)
