@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from budgetd import orgcache
 from budgetd import windows as w
 from budgetd.codec import text
 from budgetd.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -129,8 +130,7 @@ class Admin:
             await self.redis.hset(w.settings_key(org), mapping=mapping)
             if tz is not None:
                 # The reserve script checks the zone's copy in the rules hash.
-                await self.ledger.scripts.org_tz(
-                    self.redis, [w.rules_key(org), w.settings_key(org)], [], batched=False)
+                await orgcache.copy_zone(self.redis, self.ledger.scripts.org_tz, org)
             await self.redis.sadd(w.ORGS_KEY, org)
         self.ledger.forget_org(org)
         return await self.get_settings(org)

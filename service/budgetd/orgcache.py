@@ -126,6 +126,13 @@ def zone_of(check: str) -> str:
     return zone or "UTC"
 
 
+async def copy_zone(redis: Any, org_tz: Any, org: str) -> list[Any]:
+    """Runs the org_tz script: the zone of the org's settings hash copied into
+    its rules hash's '#c'. Returns the rules hash after, as HGETALL flat."""
+    return list(await org_tz(redis, [w.rules_key(org), w.settings_key(org)], [],
+                             batched=False))
+
+
 async def load(redis: Any, orgs: list[str], org_tz: Any) -> dict[str, OrgConfig]:
     """Reads orgs' rules hashes (rules, generation, zone) in one pipeline,
     with each zone as set in its settings hash. Where the two zones differ
@@ -142,8 +149,7 @@ async def load(redis: Any, orgs: list[str], org_tz: Any) -> dict[str, OrgConfig]
         tz, raw = got[2 * i], got[2 * i + 1]
         rules = {text(k): text(v) for k, v in raw.items()}
         if (text(tz) if tz else "UTC") != zone_of(rules.get(CHECK_FIELD, "")):
-            flat = await org_tz(redis, [w.rules_key(org), w.settings_key(org)], [],
-                                batched=False)
+            flat = await copy_zone(redis, org_tz, org)
             rules = {text(flat[j]): text(flat[j + 1]) for j in range(0, len(flat), 2)}
         check = rules.pop(CHECK_FIELD, "")
         out[org] = OrgConfig(zone_of(check), check, rules)

@@ -170,8 +170,8 @@ local function reached(t, c, at, hard)
   for k = 1, nrules do
     local b, v = byte(layout, k) - 48, ARGV[rule_at + 3 * k - 3 + at]
     if v ~= '' and (at == 2 or (b < 16) == hard) then
-      local consumed = C[k] + (b % 2 == 0 and c or t)
-      if consumed > v + 0 or (at == 2 and consumed == v + 0) then
+      local consumed, bound = C[k] + (b % 2 == 0 and c or t), v + 0
+      if consumed > bound or (at == 2 and consumed == bound) then
         out[#out + 1] = {k, consumed, b >= 32}
       end
     end
