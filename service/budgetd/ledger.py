@@ -110,6 +110,9 @@ class Answer:
     data: dict[str, Any]
     replay: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # A Reserve's answer as the script gave it (data is then empty: the
+    # service reads the flat form, see service.reserve_pb).
+    flat: str = ""
 
 
 def usage_key(u: UsageTokens) -> str:
@@ -408,10 +411,14 @@ class Ledger:
         if status == "exists_fp":
             raise _exists(_fingerprint_differs(text(payload), _fingerprint(req)),
                           "request_id", req.request_id)
-        answer = reserve_answer(payload)
-        if answer["decision"] == "allowed":
-            self._note_due(req.scope.org, int(answer["expires_ms"]))
-        return Answer(answer, replay=status == "dup", extra={"tz": cfg.tz})
+        flat = text(payload)
+        if flat.startswith("a "):
+            self._note_due(req.scope.org, int(flat.split(" ", 5)[4]))
+        elif flat.startswith("{"):  # a record written before the flat format
+            legacy = reserve_answer(flat)
+            if legacy["decision"] == "allowed":
+                self._note_due(req.scope.org, int(legacy["expires_ms"]))
+        return Answer({}, replay=status == "dup", extra={"tz": cfg.tz}, flat=flat)
 
     async def reserve(self, req: ReserveInput) -> Answer:
         org = req.scope.org

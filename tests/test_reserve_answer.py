@@ -1,0 +1,86 @@
+"""A Reserve answer becomes its response two ways: the common one (granted,
+no alert, no SOFT/SHADOW rule crossed) from a cached copy of its rules'
+fixed parts, every other one through ledger.reserve_answer's dicts. Both
+must give the same message, byte for byte, for any answer the reserve script
+can give; a difference would show only to callers, as a wrong remaining
+amount or scope."""
+
+from __future__ import annotations
+
+from budgetd import service
+from budgetd.ledger import reserve_answer
+from budgetd.service import reserve_pb, reserve_response
+from budgetd_client._proto.budget.v1 import budget_pb2 as pb
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+ORG = "acme"
+RID = "0123456789abcdef0123456789abcdef"
+AMOUNT = st.integers(min_value=0, max_value=2**53)
+
+paths = st.sampled_from([ORG, f"{ORG}/search", f"{ORG}/search/rerank", f"{ORG}/ü-team/x"])
+rules = st.tuples(paths, st.sampled_from("dm"), st.sampled_from("tc"), AMOUNT,
+                  st.sampled_from("hsw"), st.sampled_from(["", "50,90"]), AMOUNT, AMOUNT)
+
+
+def flat(head: str, rs: list[tuple[str, str, str, int, str, str, int, int]]) -> str:
+    return " ".join([head] + [f"{p}|{w}|{u} {limit}|{mode}|{ths} {used} {res}"
+                              for p, w, u, limit, mode, ths, used, res in rs])
+
+
+def general(answer: str) -> pb.ReserveResponse:
+    return reserve_response(ORG, RID, reserve_answer(answer))
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(rules, max_size=12), AMOUNT, AMOUNT,
+       st.integers(min_value=0, max_value=2**45), st.sampled_from(["m1", "claude-x"]))
+def test_a_granted_answer_reads_the_same_both_ways(rs: list[tuple[str, str, str, int, str, str,
+                                                                  int, int]],
+                                                   tokens: int, cost: int, expires_ms: int,
+                                                   model: str) -> None:
+    answer = flat(f"a {model} {tokens} {cost} {expires_ms}", rs)
+    got = reserve_pb(ORG, RID, answer)
+    assert got == general(answer)
+    assert got.SerializeToString() == general(answer).SerializeToString()
+    # The common way served it unless a SOFT/SHADOW rule went past its limit.
+    crossed = any(mode != "h" and used + res + (tokens if u == "t" else cost) > limit
+                  for _, _, u, limit, mode, _, used, res in rs)
+    assert (service._allowed_response(ORG, RID, answer) is None) == crossed
+
+
+def test_the_common_way_gives_the_amounts_left_and_the_expiry() -> None:
+    answer = flat("a m1 100 7 1800000000123",
+                  [(ORG, "m", "c", 1000, "h", "", 0, 993), (f"{ORG}/search", "d", "t", 500, "h",
+                                                            "", 300, 50)])
+    got = service._allowed_response(ORG, RID, answer)
+    assert got is not None
+    assert got.decision == pb.DECISION_ALLOWED
+    assert got.reservation_id == f"{ORG}:{RID}" and got.model == "m1"
+    assert (got.reserved.tokens, got.reserved.cost_micros) == (100, 7)
+    assert [(r.scope.org, r.scope.team, r.limit, r.remaining) for r in got.remaining] == [
+        (ORG, "", 1000, 0), (ORG, "search", 500, 50)]
+    assert got.expires_at.ToMilliseconds() == 1800000000123
+    # A second answer naming the same rules reads its own amounts.
+    again = service._allowed_response(ORG, RID, answer.replace(" 300 50", " 0 0"))
+    assert again is not None and [r.remaining for r in again.remaining] == [0, 400]
+
+
+def test_answers_the_common_way_leaves_to_the_general_one() -> None:
+    denied = flat("d m1 100 7 acme|d|t", [(ORG, "d", "t", 50, "h", "", 0, 0)])
+    alerting = flat("a m1 100 7 1800000000123", [(ORG, "d", "t", 150, "h", "", 0, 0)]) + (
+        '\n[{"kind":"threshold","path":"acme","w":"d","u":"t","mode":"h","th":"50",'
+        '"limit":"150","consumed":"100","wid":"d20270315","at":"1","rid":"r","id":"1-0"}]')
+    legacy = ('{"decision": "allowed", "model": "m1", "tokens": "5", "cost": "1", '
+              '"expires_ms": "1800000000000", "remaining": {}, "crossings": {}, "alerts": {}}')
+    for answer in (denied, alerting, legacy):
+        assert service._allowed_response(ORG, RID, answer) is None
+        assert reserve_pb(ORG, RID, answer) == general(answer)
+    assert reserve_pb(ORG, RID, denied).denial.limit == 50
+    assert len(reserve_pb(ORG, RID, alerting).alerts) == 1
+
+
+def test_the_cache_of_rules_stays_bounded() -> None:
+    for i in range(service.MAX_ANSWER_TEMPLATES + 10):
+        reserve_pb(ORG, RID, flat("a m1 1 1 1000", [(ORG, "d", "t", i + 1, "h", "", 0, 0)]))
+        assert len(service._templates) <= service.MAX_ANSWER_TEMPLATES
