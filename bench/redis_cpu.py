@@ -33,6 +33,7 @@ from budgetd import validate
 from budgetd.batching import ScriptBatcher
 from budgetd.clock import SystemClock
 from budgetd.ledger import Ledger, PricingSource
+from budgetd.scripts import ScriptCall
 from budgetd_client import AdminClient, CallPolicy
 from budgetd_client._proto.budget.v1 import budget_pb2 as pb
 
@@ -52,16 +53,16 @@ class Capture(ScriptBatcher):
         self.calls: list[Call] = []
         self.source = ""
 
-    async def call(self, script: Any, keys: list[str], args: list[str | int]) -> Any:
+    async def call(self, script: Any, keys: list[str], args: list[str | int],
+                   encoded: bytes | None = None) -> Any:
         if script.name == "reserve":
             self.calls.append((script.sha, keys, args))
             self.source = script.source
-        return await super().call(script, keys, args)
+        return await super().call(script, keys, args, encoded)
 
-    async def call_many(self, script: Any, calls: list[tuple[list[str], list[str | int]]]
-                        ) -> list[Any]:
+    async def call_many(self, script: Any, calls: list[ScriptCall]) -> list[Any]:
         if script.name == "reserve":
-            self.calls += [(script.sha, keys, args) for keys, args in calls]
+            self.calls += [(script.sha, keys, args) for keys, args, _ in calls]
             self.source = script.source
         return await super().call_many(script, calls)
 

@@ -22,12 +22,11 @@ request_id) replays it.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,10 +42,11 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from budgetd import resp
 from budgetd.errors import Unavailable
 
 if TYPE_CHECKING:
-    from budgetd.scripts import Script
+    from budgetd.scripts import Script, ScriptCall
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _timeout
@@ -54,13 +54,6 @@ else:  # redis-py depends on async-timeout before 3.11
     from async_timeout import timeout as _timeout
 
 log = logging.getLogger("budgetd.batching")
-
-# C packing: the pure-Python packer costs ~30 µs per 40-argument script call.
-_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
-try:
-    _hiredis_pack = importlib.import_module("hiredis").pack_command
-except ImportError:  # hiredis is a dependency (redis[hiredis]); stay correct without
-    _hiredis_pack = None
 
 # Calls per pipeline: bounds the reply a single read waits for and the time
 # Redis spends on one batch (~17 µs per reserve: 512 calls ≈ 9 ms).
@@ -104,8 +97,10 @@ class ReplicationTimeout(Unavailable):
 class Call:
     script: Script
     keys: list[str]
-    args: list[str | int]
+    args: Sequence[Any]
     future: asyncio.Future[Any]
+    # The EVALSHA command as the caller encoded it (resp.py), or None.
+    encoded: bytes | None = None
     # After NOSCRIPT: send the source with EVAL.
     use_eval: bool = False
 
@@ -113,6 +108,12 @@ class Call:
         if self.use_eval:
             return ("EVAL", self.script.source, len(self.keys), *self.keys, *self.args)
         return ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+
+    def packed(self) -> bytes:
+        """The command in RESP, for one connection's pipeline."""
+        if self.encoded is not None and not self.use_eval:
+            return self.encoded
+        return resp.command(self.command())
 
 
 @dataclass
@@ -168,21 +169,22 @@ class ScriptBatcher:
         # The pipelines in flight (the loop keeps only weak references to tasks).
         self._sends: set[asyncio.Task[None]] = set()
 
-    async def call(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
+    async def call(self, script: Script, keys: list[str], args: Sequence[Any],
+                   encoded: bytes | None = None) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(Call(script, keys, args, fut))
+        self._queue.append(Call(script, keys, args, fut, encoded))
         if self._pump is None:
             # Started as a task: it first runs on the next tick, after every
             # handler already runnable in this tick has queued its call.
             self._pump = asyncio.ensure_future(self._run())
         return await fut
 
-    async def call_many(self, script: Script, calls: list[tuple[list[str], list[str | int]]]
-                        ) -> list[Any]:
+    async def call_many(self, script: Script, calls: list[ScriptCall]) -> list[Any]:
         """Several calls queued at once (a ReserveBatch): each its reply or
         its exception, in order. One wait for them all, not a task each."""
         loop = asyncio.get_running_loop()
-        batch = [Call(script, keys, args, loop.create_future()) for keys, args in calls]
+        batch = [Call(script, keys, args, loop.create_future(), encoded)
+                 for keys, args, encoded in calls]
         self._queue.extend(batch)
         if self._pump is None and batch:
             self._pump = asyncio.ensure_future(self._run())
@@ -293,11 +295,9 @@ class ScriptBatcher:
 
     # -- one server (or a Sentinel-managed master) ---------------------------
 
-    async def _send(self, conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-        if _hiredis_pack is not None:
-            await conn.send_packed_command(b"".join(_hiredis_pack(c) for c in commands))
-        else:
-            await conn.send_packed_command(conn.pack_commands(commands))
+    async def _send(self, conn: Any, commands: list[bytes]) -> list[Any]:
+        """Encoded commands (resp.py) in one write; their replies."""
+        await conn.send_packed_command(b"".join(commands))
         out: list[Any] = []
         # One socket timeout for the whole batch's replies, not one per reply:
         # read_response's own timeout arms and cancels a timer per reply,
@@ -323,9 +323,9 @@ class ScriptBatcher:
         try:
             todo = batch
             for _ in range(2):
-                cmds = [c.command() for c in todo]
+                cmds = [c.packed() for c in todo]
                 if self.wait_replicas:
-                    cmds.append(self._wait_cmd())
+                    cmds.append(resp.command(self._wait_cmd()))
                 replies = await self._send(conn, cmds)
                 wait_err = self._check_wait(replies[-1], todo) if self.wait_replicas else None
                 retry: list[Call] = []

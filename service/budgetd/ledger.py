@@ -10,10 +10,11 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
-from budgetd import orgcache
+from budgetd import orgcache, resp
 from budgetd import windows as w
 from budgetd.alerts import alerts_key, fired_key
 from budgetd.clock import Clock
@@ -133,9 +134,41 @@ MAX_WALK_LEASE_MS = 3_600_000
 # Orgs this process remembers having added to bd:orgs; past this it starts
 # over (adding an org again is one idempotent SADD).
 MAX_KNOWN_ORGS = 1_000_000
+# The reserve script's keys (reserve.lua): the request record, then the org's.
+RESERVE_KEYS = 8
 
 # What a Reserve retry must repeat, in the order of its fingerprint.
 FINGERPRINT_FIELDS = ("scope", "model", "estimate", "ttl_seconds", "fallback_models", "batch")
+
+
+class _ReserveArgs(Sequence[Any]):
+    """A reserve call's ARGV, put together only where it is sent plain (a
+    cluster, the NOSCRIPT fallback): a single server gets the call encoded,
+    and decoding the scope's run on every call would cost ~1 µs for nothing."""
+
+    __slots__ = ("_all", "_day", "_own", "_scope")
+
+    def __init__(self, day: list[Any], scope: orgcache.ScopeRules, own: list[Any]) -> None:
+        self._day, self._scope, self._own = day, scope, own
+        self._all: list[Any] | None = None
+
+    def _list(self) -> list[Any]:
+        if self._all is None:
+            self._all = [*self._day, *self._scope.script_args, *self._own]
+        return self._all
+
+    def __len__(self) -> int:
+        return len(self._day) + self._scope.nargs + len(self._own)
+
+    @overload
+    def __getitem__(self, i: int) -> Any: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Any]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        return self._list()[i]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._list())
 
 
 def _fingerprint(req: ReserveInput) -> str:
@@ -238,6 +271,7 @@ class Ledger:
         self.clock = clock
         self.pricing = pricing
         self.scripts = Scripts()
+        self._reserve_head = resp.encode(("EVALSHA", self.scripts.reserve.sha, RESERVE_KEYS))
         self._orgs: dict[str, OrgConfig] = {}
         self._known_orgs: set[str] = set()
         # Expiry second -> the orgs in which this process granted a
@@ -377,28 +411,34 @@ class Ledger:
         return keys
 
     def _reserve_call(self, req: ReserveInput, cfg: OrgConfig, now_ms: int,
-                      cands: list[tuple[str, int, int]]) -> tuple[list[str], list[Any]]:
-        """The reserve script's KEYS and ARGV (str, int and bytes) for one request."""
+                      cands: list[tuple[str, int, int]]
+                      ) -> tuple[list[str], Sequence[Any], bytes]:
+        """The reserve script's KEYS and ARGV (str, int and bytes) for one
+        request, and the whole EVALSHA command encoded (see resp.py): the
+        scope's arguments as the org cache keeps them encoded, the rest
+        encoded here."""
         org = req.scope.org
         win = w.windows_at(now_ms, cfg.tz)
         expires_ms = now_ms + req.ttl_s * 1000
         sr = cfg.scope_rules(org, req.scope.team, req.scope.feature)
         keys = [w.request_key(org, req.request_id), *self._reserve_keys(org, cfg, win)]
-        args: list[Any] = [
-            req.request_id, _fingerprint(req), cfg.check, now_ms, expires_ms,
-            win.day_id, win.month_id, win.day_expire_at_s, win.month_expire_at_s,
-            req.ttl_s + RECORD_RETENTION_S, DENIED_RETENTION_S, sr.group,
-            *sr.script_args, len(cands),
-        ]
+        assert len(keys) == RESERVE_KEYS
+        day: list[Any] = [cfg.check, win.day_id, win.month_id, win.day_expire_at_s,
+                          win.month_expire_at_s, DENIED_RETENTION_S]
+        own: list[Any] = [req.request_id, _fingerprint(req), now_ms, expires_ms,
+                          req.ttl_s + RECORD_RETENTION_S, len(cands)]
         # Per candidate, what the script would otherwise build in Lua: its
         # report field, its record's hold and its answer's head.
         hold_tail = (f"{win.day_id} {win.month_id} {win.day_expire_at_s} "
                      f"{win.month_expire_at_s} {expires_ms} {sr.joined} {now_ms}")
         for model, tokens, cost in cands:
-            args += [model, tokens, cost, f"{sr.group}{model}|n",
-                     f"{model} {tokens} {cost} {hold_tail}",
-                     f"a {model} {tokens} {cost} {expires_ms}"]
-        return keys, args
+            own += [model, tokens, cost, f"{sr.group}{model}|n",
+                    f"{model} {tokens} {cost} {hold_tail}",
+                    f"a {model} {tokens} {cost} {expires_ms}"]
+        encoded = resp.join(3 + RESERVE_KEYS + len(day) + sr.nargs + len(own),
+                            self._reserve_head, resp.encode((*keys, *day)), sr.encoded_args,
+                            resp.encode(own))
+        return keys, _ReserveArgs(day, sr, own), encoded
 
     def _reserve_result(self, req: ReserveInput, cfg: OrgConfig, raw: Any) -> Answer | None:
         """The script's answer for one request; None: the org's zone or rules
@@ -434,9 +474,9 @@ class Ledger:
         for attempt in range(3):
             if attempt:
                 cfg = await self.org_config(org, fresh=True)
-            keys, args = self._reserve_call(req, cfg, now_ms, cands)
-            got = self._reserve_result(req, cfg, await self.scripts.reserve(self.redis, keys,
-                                                                              args))
+            keys, args, encoded = self._reserve_call(req, cfg, now_ms, cands)
+            got = self._reserve_result(req, cfg, await self.scripts.reserve(
+                self.redis, keys, args, encoded=encoded))
             if got is not None:
                 return got
         raise Unavailable("the org's time zone or rules changed during the call; retry")
@@ -450,18 +490,17 @@ class Ledger:
         await self._prepare_orgs({r.scope.org for r in reqs})
         now_ms = self.clock.now_ms()
         out: list[Answer | BaseException | None] = [None] * len(reqs)
-        calls: list[tuple[int, OrgConfig, list[str], list[Any]]] = []
+        calls: list[tuple[int, OrgConfig, tuple[list[str], Sequence[Any], bytes]]] = []
         for i, req in enumerate(reqs):
             try:
                 cfg = self._cached(req.scope.org) or await self.org_config(req.scope.org)
-                keys, args = self._reserve_call(req, cfg, now_ms,
-                                                self._candidates(req, now_ms))
-                calls.append((i, cfg, keys, args))
+                calls.append((i, cfg, self._reserve_call(req, cfg, now_ms,
+                                                         self._candidates(req, now_ms))))
             except Exception as e:  # each item gets its own error
                 out[i] = e
         script = self.scripts.reserve
-        replies = await script.many(self.redis, [(k, a) for _, _, k, a in calls])
-        for (i, cfg, _, _), raw in zip(calls, replies, strict=True):
+        replies = await script.many(self.redis, [c for _, _, c in calls])
+        for (i, cfg, _), raw in zip(calls, replies, strict=True):
             try:
                 if isinstance(raw, BaseException):
                     raise raw

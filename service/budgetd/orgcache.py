@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from budgetd import resp
 from budgetd import windows as w
 from budgetd.codec import text
 from budgetd.limits import DEFAULT_ALERT_THRESHOLDS
@@ -54,15 +55,17 @@ class ScopeRules:
     paths: list[str]
     joined: str  # the paths comma-joined, as the record stores them
     group: str  # the usage report group prefix "sm|<team[/feature]>|"
-    # From ARGV[13] of reserve.lua: the number of paths, of rules, of day and
-    # of month rules, the rules' layout, the counters, per rule "<field>
-    # <value>", limit and lowest threshold amount; NUL-joined: one object
-    # instead of ~30 keeps 100k orgs in memory.
-    packed_args: bytes
+    # ARGV[7] of reserve.lua and on: the group prefix, the number of paths,
+    # of rules, of day and of month rules, the rules' layout, the counters,
+    # per rule "<field> <value>", limit and lowest threshold amount; encoded
+    # as a command's arguments (resp.py), which every call sends as they are;
+    # one object instead of ~30 also keeps 100k orgs in memory.
+    encoded_args: bytes
+    nargs: int
 
     @property
     def script_args(self) -> list[bytes]:
-        return self.packed_args.split(b"\0")
+        return resp.decode(self.encoded_args)
 
 
 @dataclass(slots=True)
@@ -111,10 +114,13 @@ class OrgConfig:
             lowest = min((int(t) for t in ths.split(",") if t), default=None)
             low = "" if lowest is None else str(threshold_amount(int(limit), lowest))
             described += [f"{f} {value}", limit, low]
-        tf = paths[-1][len(org) + 1:]
-        args = [str(len(paths)), str(len(rules)), str(len(used["d"])), str(len(used["m"])),
-                "".join(layout), *used["d"], *reserved, *used["m"], *described]
-        return ScopeRules(paths, ",".join(paths), f"sm|{tf}|", "\0".join(args).encode())
+        group = f"sm|{paths[-1][len(org) + 1:]}|"
+        args = [group, str(len(paths)), str(len(rules)), str(len(used["d"])),
+                str(len(used["m"])), "".join(layout), *used["d"], *reserved, *used["m"],
+                *described]
+        # Ids, rule values and numbers hold no CR LF (validate.py): the run decodes back.
+        assert not any("\r" in a or "\n" in a for a in args), args
+        return ScopeRules(paths, ",".join(paths), group, resp.encode(args), len(args))
 
 
 CHECK_FIELD = "#c"

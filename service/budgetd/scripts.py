@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import re
 import time
+from collections.abc import Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,10 @@ from budgetd import metrics
 
 if TYPE_CHECKING:
     from budgetd.batching import ScriptBatcher
+
+# One call of a script: its keys, its arguments, and the whole command as the
+# caller encoded it (resp.py), or None.
+ScriptCall = tuple[list[str], Sequence[Any], "bytes | None"]
 
 
 _DEFINITION = re.compile(r"local (?:function )?([A-Za-z_][A-Za-z0-9_]*)")
@@ -72,15 +77,17 @@ class Script:
         # The label never changes: look the child up once, not per call.
         self._latency = metrics.REDIS_SCRIPT_LATENCY.labels(name)
 
-    async def __call__(self, client: Any, keys: list[str], args: list[str | int], *,
-                       batched: bool = True) -> Any:
+    async def __call__(self, client: Any, keys: list[str], args: Sequence[Any], *,
+                       batched: bool = True, encoded: bytes | None = None) -> Any:
         """batched=False: straight to Redis, not through the batcher (a
-        background call, kept out of the request pipelines and their stats)."""
+        background call, kept out of the request pipelines and their stats).
+        encoded: the EVALSHA command as the caller encoded it (resp.py), which
+        the batcher sends as it is to a single server."""
         start = time.perf_counter()
         b = self.batcher
         try:
             if batched and b is not None and client is b.redis:
-                return await b.call(self, keys, args)
+                return await b.call(self, keys, args, encoded)
             try:
                 return await client.evalsha(self.sha, len(keys), *keys, *args)
             except NoScriptError:
@@ -93,14 +100,13 @@ class Script:
         finally:
             self._latency.observe(time.perf_counter() - start)
 
-    async def many(self, client: Any, calls: list[tuple[list[str], list[str | int]]]
-                   ) -> list[Any]:
+    async def many(self, client: Any, calls: list[ScriptCall]) -> list[Any]:
         """Several calls at once, in one pipeline when a batcher serves the
         client: each call's reply, or its exception, in order."""
         b = self.batcher
         if b is None or client is not b.redis:
             # Each call observes its own latency and errors.
-            return list(await asyncio.gather(*(self(client, k, a) for k, a in calls),
+            return list(await asyncio.gather(*(self(client, k, a) for k, a, _ in calls),
                                              return_exceptions=True))
         start = time.perf_counter()
         out = await b.call_many(self, calls)

@@ -24,23 +24,20 @@
 -- KEYS[8] alert stream       bd:{org}:alerts
 -- (the usage report counters are fields of the day and month counters)
 --
--- ARGV[1]  request_id
--- ARGV[2]  fingerprint: "scope model estimate ttl_s fallbacks batch", what a
---          retry must repeat (space-separated; none of them holds a space)
--- ARGV[3]  the rules hash's '#c' as the caller read it ('' if none): the
+-- ARGV: the org's and the day's, then the scope's (ARGV[7] on, which the
+-- caller keeps encoded as it sends them: orgcache.py), then the request's own.
+-- ARGV[1]  the rules hash's '#c' as the caller read it ('' if none): the
 --          rules generation and the org's zone (orgcache.py), checked in one
 --          read
--- ARGV[4]  now_ms                         ARGV[5]  expires_at_ms
--- ARGV[6]  day window id                  ARGV[7]  month window id
--- ARGV[8]  day keys expire-at (unix s)    ARGV[9]  month keys expire-at (unix s)
--- ARGV[10] seconds to keep a granted record: ttl_s + record retention
--- ARGV[11] seconds to keep a denied record
--- ARGV[12] report group prefix "sm|<team[/feature]>|"
--- ARGV[13] n, the number of paths (1..3: org, org/team, org/team/feature)
--- ARGV[14] the number of rules (in the order a denial names the first one
+-- ARGV[2]  day window id                  ARGV[3]  month window id
+-- ARGV[4]  day keys expire-at (unix s)    ARGV[5]  month keys expire-at (unix s)
+-- ARGV[6]  seconds to keep a denied record
+-- ARGV[7]  report group prefix "sm|<team[/feature]>|"
+-- ARGV[8]  n, the number of paths (1..3: org, org/team, org/team/feature)
+-- ARGV[9]  the number of rules (in the order a denial names the first one
 --          violated: org, team, feature; day, month; tokens, cost)
--- ARGV[15] the number of day rules     ARGV[16] the number of month rules
--- ARGV[17] the rules' layout: one character per rule, byte 48 + ri
+-- ARGV[10] the number of day rules     ARGV[11] the number of month rules
+-- ARGV[12] the rules' layout: one character per rule, byte 48 + ri
 --          + 8 (month rule) + 16 (SOFT) or 32 (SHADOW), where ri (1..2n) is
 --          the rule's reserved counter below (odd: tokens, even: cost)
 -- then the day rules' used counters u|<p>|<unit>, in rule order,
@@ -49,9 +46,12 @@
 -- then per rule: "<rule field> <rule value>" (as stored: an empty thresholds
 --   csv is the defaults, see DEFAULT_THRESHOLDS), limit, and the amount at which
 --   its lowest alert threshold is reached ('' if none)
--- then the number of candidates, then per candidate: model, tokens, cost,
---   its report field "<prefix><model>|n", its hold (below), and its answer
---   head "a <model> <tokens> <cost> <expires_ms>"
+-- then the request's own: request_id; its fingerprint "scope model estimate
+--   ttl_s fallbacks batch", what a retry must repeat (space-separated; none of
+--   them holds a space); now_ms; expires_at_ms; seconds to keep a granted
+--   record (ttl_s + record retention); the number of candidates, then per
+--   candidate: model, tokens, cost, its report field "<prefix><model>|n", its
+--   hold (below), and its answer head "a <model> <tokens> <cost> <expires_ms>"
 --
 -- The record: kind, state, fp (the fingerprint), resp (the answer) and
 -- hold = "model tokens cost day_wid month_wid day_exp month_exp expires_ms
@@ -70,6 +70,18 @@
 -- Globals are table lookups on every use; locals are registers.
 local KEYS, ARGV, call = KEYS, ARGV, redis.call
 
+-- Numbers from strings by arithmetic ('12' + 0): Lua converts them as
+-- tonumber does, without the cost of a function call.
+local n2 = 2 * ARGV[8]
+local nrules, nday, nmonth = ARGV[9] + 0, ARGV[10] + 0, ARGV[11] + 0
+local layout = ARGV[12]
+local res_at = 13 + nday            -- the reserved counters
+local month_at = res_at + n2        -- the month rules' used counters
+local rule_at = month_at + nmonth   -- per rule: description, limit, lowest threshold
+local dyn_at = rule_at + 3 * nrules -- this request's own arguments
+local rid, my_fp = ARGV[dyn_at], ARGV[dyn_at + 1]
+local cand_at = dyn_at + 5
+
 local req = KEYS[1]
 if call('EXISTS', req) == 1 then
   local existing = call('HMGET', req, 'kind', 'fp', 'resp')
@@ -81,27 +93,17 @@ if call('EXISTS', req) == 1 then
     for i = 1, 6 do f[i] = f[i] or '' end
     fp = table.concat(f, ' ')
   end
-  if fp ~= ARGV[2] then return {'exists_fp', fp} end
+  if fp ~= my_fp then return {'exists_fp', fp} end
   return {'dup', existing[3]}
 end
 
-if (call('HGET', KEYS[2], '#c') or '') ~= ARGV[3] then return {'stale_cfg'} end
-
--- Numbers from strings by arithmetic ('12' + 0): Lua converts them as
--- tonumber does, without the cost of a function call.
-local n2 = 2 * ARGV[13]
-local nrules, nday, nmonth = ARGV[14] + 0, ARGV[15] + 0, ARGV[16] + 0
-local layout = ARGV[17]
-local res_at = 18 + nday            -- the reserved counters
-local month_at = res_at + n2        -- the month rules' used counters
-local rule_at = month_at + nmonth   -- per rule: description, limit, lowest threshold
-local cand_at = rule_at + 3 * nrules
+if (call('HGET', KEYS[2], '#c') or '') ~= ARGV[1] then return {'stale_cfg'} end
 
 -- Every counter this call reads or charges, in one HMGET per window: the first
 -- candidate's request count, then the day's used counters then the reserved
 -- ones, the month's reserved then its used.
 local nf1 = ARGV[cand_at + 4]
-local dv = call('HMGET', KEYS[3], nf1, unpack(ARGV, 18, month_at - 1))
+local dv = call('HMGET', KEYS[3], nf1, unpack(ARGV, 13, month_at - 1))
 local mv = call('HMGET', KEYS[4], nf1, unpack(ARGV, res_at, rule_at - 1))
 -- Tables are sized by their constructors: growing one rehashes it, which
 -- costs more than all the arithmetic here. A scope has at most 12 rules.
@@ -210,11 +212,11 @@ if granted == nil then
   local vfield = string.match(ARGV[rule_at + 3 * violated - 3], '^%S+')
   local resp = answer(table.concat({'d', ARGV[first], ARGV[first + 1], ARGV[first + 2],
     vfield}, ' '))
-  call('HSET', req, 'kind', 'reserve', 'state', 'denied', 'fp', ARGV[2], 'resp', resp)
-  call('EXPIRE', req, ARGV[11])
-  local field = ARGV[12] .. ARGV[first] .. '|d'
-  report(KEYS[3], field, ARGV[8])
-  report(KEYS[4], field, ARGV[9])
+  call('HSET', req, 'kind', 'reserve', 'state', 'denied', 'fp', my_fp, 'resp', resp)
+  call('EXPIRE', req, ARGV[6])
+  local field = ARGV[7] .. ARGV[first] .. '|d'
+  report(KEYS[3], field, ARGV[4])
+  report(KEYS[4], field, ARGV[5])
   return {'denied', resp}
 end
 
@@ -258,22 +260,22 @@ local function charge(key, res, exp_s, nv)
   -- count, so a key that had this one has its expiry already.
   if n == 1 then call('EXPIREAT', key, exp_s) end
 end
-charge(KEYS[3], dres, ARGV[8], dv[1])
-charge(KEYS[4], mres, ARGV[9], mv[1])
+charge(KEYS[3], dres, ARGV[4], dv[1])
+charge(KEYS[4], mres, ARGV[5], mv[1])
 
 -- Alerts: SOFT/SHADOW rules crossed, then thresholds reached after the charge.
 -- Rare: the tables the alert helpers read are built only then.
 local alerts, ctx = nil, nil
 local function alerting(k)
   if not alerts then
-    alerts, ctx = {}, {stream = KEYS[8], now_ms = ARGV[4], rid = ARGV[1]}
+    alerts, ctx = {}, {stream = KEYS[8], now_ms = ARGV[dyn_at + 2], rid = rid}
   end
   local path, w, u, limit, mode, ths = string.match(ARGV[rule_at + 3 * k - 3],
     '^(%S+)|(%a)|(%a) (%d+)|(%a)|(.*)$')
   local day = w == 'd'
   if ths == '' then ths = DEFAULT_THRESHOLDS end
-  return {path = path, u = u, w = w, wid = day and ARGV[6] or ARGV[7],
-    fired = day and KEYS[6] or KEYS[7], exp = day and ARGV[8] or ARGV[9],
+  return {path = path, u = u, w = w, wid = day and ARGV[2] or ARGV[3],
+    fired = day and KEYS[6] or KEYS[7], exp = day and ARGV[4] or ARGV[5],
     limit = limit + 0, mode = mode, ths = ths}
 end
 local would_deny = false
@@ -292,15 +294,15 @@ if g_t >= low_t or g_c >= low_c then
 end
 
 if would_deny then
-  local field = ARGV[12] .. ARGV[granted + 1] .. '|s'
-  report(KEYS[3], field, ARGV[8])
-  report(KEYS[4], field, ARGV[9])
+  local field = ARGV[7] .. ARGV[granted + 1] .. '|s'
+  report(KEYS[3], field, ARGV[4])
+  report(KEYS[4], field, ARGV[5])
 end
 
 local resp = answer(ARGV[granted + 6])
 if alerts and #alerts > 0 then resp = resp .. '\n' .. cjson.encode(alerts) end
-call('HSET', req, 'kind', 'reserve', 'state', 'held', 'fp', ARGV[2], 'hold', ARGV[granted + 5],
+call('HSET', req, 'kind', 'reserve', 'state', 'held', 'fp', my_fp, 'hold', ARGV[granted + 5],
   'resp', resp)
-call('EXPIRE', req, ARGV[10])
-call('ZADD', KEYS[5], ARGV[5], ARGV[1])
+call('EXPIRE', req, ARGV[dyn_at + 4])
+call('ZADD', KEYS[5], ARGV[dyn_at + 3], rid)
 return {'ok', resp}
