@@ -80,7 +80,13 @@ def test_answers_the_common_way_leaves_to_the_general_one() -> None:
     assert len(reserve_pb(ORG, RID, alerting).alerts) == 1
 
 
-def test_the_cache_of_rules_stays_bounded() -> None:
+def test_the_cache_of_rules_stays_bounded_and_keeps_the_newest() -> None:
+    def answer(i: int) -> str:
+        return flat("a m1 1 1 1000", [(ORG, "d", "t", i + 1, "h", "", 0, 0)])
+
+    service._templates.clear()
     for i in range(service.MAX_ANSWER_TEMPLATES + 10):
-        reserve_pb(ORG, RID, flat("a m1 1 1 1000", [(ORG, "d", "t", i + 1, "h", "", 0, 0)]))
+        assert reserve_pb(ORG, RID, answer(i)).remaining[0].remaining == i
         assert len(service._templates) <= service.MAX_ANSWER_TEMPLATES
+    cached = [key[1] for key in service._templates]  # the rules' values, oldest first
+    assert cached[0] == "11|h|" and cached[-1] == f"{service.MAX_ANSWER_TEMPLATES + 10}|h|"
