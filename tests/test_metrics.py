@@ -121,6 +121,23 @@ def test_access_log_one_json_line_per_call_without_token(
     client.close()
 
 
+def test_json_log_lines_carry_each_record_s_own_time_and_any_extra() -> None:
+    fmt = JsonFormatter()
+
+    def line(created: float, **extra: object) -> dict[str, object]:
+        rec = logging.LogRecord("budgetd.x", logging.INFO, "", 0, "m %s", ("a",), None)
+        rec.created, rec.msecs = created, (created % 1) * 1000
+        rec.__dict__.update(extra)
+        return dict(json.loads(fmt.format(rec)))
+
+    # The second's text is cached: a later second, and an earlier one again.
+    assert line(1_800_000_000.25)["ts"] == "2027-01-15T08:00:00.250Z"
+    assert line(1_800_000_001.5)["ts"] == "2027-01-15T08:00:01.500Z"
+    got = line(1_800_000_000.875, path=pathlib.Path("/x"), n=3)
+    assert got["ts"] == "2027-01-15T08:00:00.875Z"
+    assert (got["msg"], got["level"], got["path"], got["n"]) == ("m a", "info", "/x", 3)
+
+
 def test_grafana_dashboard_uses_only_exported_metrics() -> None:
     import re
 
