@@ -242,8 +242,8 @@ def _template(p: list[str]) -> tuple[bytes, list[tuple[int, bool, bool]]]:
         rules.append((int(limit_s), unit == "t", mode == "h"))
     if len(_templates) >= MAX_ANSWER_TEMPLATES:
         del _templates[next(iter(_templates))]
-    got = _templates[(*p[5::4], *p[6::4])] = tmpl.SerializeToString(), rules
-    return got
+    entry = _templates[(*p[5::4], *p[6::4])] = tmpl.SerializeToString(), rules
+    return entry
 
 
 def _allowed_response(org: str, request_id: str, flat: str) -> pb.ReserveResponse | None:
