@@ -31,9 +31,10 @@ from budgetd.limits import DEFAULT_ALERT_THRESHOLDS
 # generation, or the settings hash's `rgen` of before 0.2, or sets the zone
 # in the settings hash only) can go unseen during a rolling upgrade.
 ORG_CACHE_S = 300.0
-# Orgs a replica keeps (~1.9 KB each with one scope, measured; the scope's
-# arguments are kept as one bytes string); past this the cache starts over
-# (rebuilding an org is one round trip).
+# Orgs a replica keeps (~2.1 KB each with one scope, measured; the scope's
+# arguments are kept as one bytes string, encoded as sent: ~160 B more than
+# NUL-joined); past this the cache starts over (rebuilding an org is one
+# round trip).
 MAX_CACHED_ORGS = 120_000
 # Scopes compiled per org.
 MAX_SCOPES_PER_ORG = 1_000
