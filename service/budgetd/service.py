@@ -169,6 +169,18 @@ def _set_scope(msg: pb.Scope, path: str) -> None:
     msg.org, msg.team, msg.feature = _path_parts(path)
 
 
+def _set_grant(out: pb.ReserveResponse, org: str, request_id: str, model: str, tokens: int,
+               cost: int, expires_ms: int) -> None:
+    """What a granted response says of the grant itself."""
+    out.reservation_id = reservation_id(org, request_id)
+    out.model = model
+    reserved = out.reserved
+    reserved.tokens, reserved.cost_micros = tokens, cost
+    expires = out.expires_at
+    expires.seconds, ms = divmod(expires_ms, 1000)
+    expires.nanos = ms * 1_000_000
+
+
 def reserve_response(org: str, request_id: str, d: dict[str, Any]) -> pb.ReserveResponse:
     # Built in place (add(), fields set on the child) rather than from
     # constructed sub-messages that upb then copies: ~3x cheaper, and this
@@ -194,15 +206,8 @@ def reserve_response(org: str, request_id: str, d: dict[str, Any]) -> pb.Reserve
         out.alerts.extend(a.to_pb() for a in alerts_of(d))
     if d["decision"] == "allowed":
         out.decision = pb.DECISION_ALLOWED
-        out.reservation_id = reservation_id(org, request_id)
-        out.model = d["model"]
-        reserved = out.reserved
-        reserved.tokens = int(d["tokens"])
-        reserved.cost_micros = int(d["cost"])
-        expires_ms = int(d["expires_ms"])
-        expires = out.expires_at
-        expires.seconds, expires.nanos = divmod(expires_ms, 1000)
-        expires.nanos *= 1_000_000
+        _set_grant(out, org, request_id, d["model"], int(d["tokens"]), int(d["cost"]),
+                   int(d["expires_ms"]))
     else:
         out.decision = pb.DECISION_DENIED
         den = d["denial"]
@@ -280,13 +285,7 @@ def _allowed_response(org: str, request_id: str, flat: str) -> pb.ReserveRespons
         if left < 0 and not hard:
             return None  # a crossing: the general way reports it
         remaining[i].remaining = left
-    out.reservation_id = reservation_id(org, request_id)
-    out.model = p[1]
-    reserved = out.reserved
-    reserved.tokens, reserved.cost_micros = tokens, cost
-    expires = out.expires_at
-    expires.seconds, ms = divmod(int(p[4]), 1000)
-    expires.nanos = ms * 1_000_000
+    _set_grant(out, org, request_id, p[1], tokens, cost, int(p[4]))
     return out
 
 
