@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -132,6 +133,30 @@ def test_batching_is_free_when_idle_and_coalesces_under_load(budgetd: Budgetd) -
     calls, batches = st.calls - before_c, st.batches - before_b
     assert calls == 400
     assert batches < 0.9 * calls, (batches, calls)
+
+
+def test_connections_the_server_closed_while_idle_are_replaced_before_the_next_call(
+        budgetd: Budgetd, r: redis.Redis) -> None:
+    """The batcher keeps its connections between calls. When Redis closes
+    them (a restart, CLIENT KILL, its idle timeout), the next calls connect
+    again before sending: none fails (the client here does not retry)."""
+    b = budgetd
+
+    async def burst() -> None:  # two pipelines in flight: both connections used
+        async with AsyncBudgetClient(b.address, policy=CallPolicy(
+                timeout_s=10, total_timeout_s=20, retries=0)) as c:
+            await asyncio.gather(*(c.reserve(f"o{i}/t", "m", tokens=1, cost_micros=1)
+                                   for i in range(64)))
+
+    for _ in range(3):
+        asyncio.run(burst())
+        assert r.client_kill_filter(_type="normal", skipme=True) >= 1
+        # Every connection was closed: the server's closing reaches budgetd.
+        wait_until(lambda: len(r.client_list()) == 1, 5, "connections closed")
+        time.sleep(0.1)
+        for i in range(3):
+            assert b.client.reserve(f"after{i}/t", "m", tokens=1, cost_micros=1).allowed
+        asyncio.run(burst())
 
 
 def test_noscript_after_script_flush(budgetd: Budgetd, r: redis.Redis) -> None:
