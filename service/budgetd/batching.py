@@ -327,12 +327,17 @@ class ScriptBatcher:
             # Kept for good: given back only by closing the client.
             return await self.redis.connection_pool.get_connection()
         conn = self._conns.pop()
-        # Closed by the server while idle (a restart, CLIENT KILL, a timeout):
-        # reconnect before sending, as the pool's checkout would.
-        if conn.is_connected and conn._reader.at_eof():
-            await conn.disconnect()
-        if not conn.is_connected:
-            await conn.connect()
+        try:
+            # Closed by the server while idle (a restart, CLIENT KILL, a
+            # timeout): reconnect before sending, as the pool's checkout would.
+            # A FIN leaves the stream at EOF, a reset closes the transport.
+            if conn.is_connected and (conn._writer.is_closing() or conn._reader.at_eof()):
+                await conn.disconnect()
+            if not conn.is_connected:
+                await conn.connect()
+        except BaseException:
+            self._conns.append(conn)  # still ours: the next batch tries again
+            raise
         return conn
 
     async def _send(self, conn: Any, commands: list[bytes]) -> list[Any]:

@@ -20,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from budgetd.errors import BudgetdError
 
@@ -191,5 +192,10 @@ def connect_redis(url: str, timeout_s: float) -> Any:
             retry_on_timeout=False,
             health_check_interval=0,
             max_connections=MAX_CONNECTIONS,
+            # redis-py 8.1's default ("auto") counts as enabled, and then its
+            # pool hands out connections the server closed (a restart, CLIENT
+            # KILL, an idle timeout): the first command on each failed. These
+            # notifications need RESP3; budgetd speaks RESP2.
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
     raise RedisUrlError(f"unknown scheme {scheme!r} in {url!r}")
