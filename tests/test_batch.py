@@ -113,12 +113,14 @@ def test_reserve_batch_is_one_pipeline_and_idempotent(budgetd: Budgetd,
 def test_batching_is_free_when_idle_and_coalesces_under_load(budgetd: Budgetd) -> None:
     b = budgetd
     st = batcher(b).stats
-    before, lingers = st.batches, st.lingers
+    before, lingers, direct = st.batches, st.lingers, st.direct
     for _ in range(20):
         assert b.client.reserve("idle/t", "m", tokens=1, cost_micros=1).allowed
-    # One call at a time: each goes out alone, at once (never held back).
+    # One call at a time: each goes out alone, at once (never held back),
+    # sent by its own handler's task.
     assert st.batches - before == 20
     assert st.lingers == lingers
+    assert st.direct - direct == 20
 
     async def load() -> None:
         async with AsyncBudgetClient(b.address, policy=CallPolicy(timeout_s=10,
@@ -131,11 +133,12 @@ def test_batching_is_free_when_idle_and_coalesces_under_load(budgetd: Budgetd) -
 
             await asyncio.gather(*(one(i) for i in range(400)))
 
-    before_b, before_c = st.batches, st.calls
+    before_b, before_c, direct = st.batches, st.calls, st.direct
     asyncio.run(load())
     calls, batches = st.calls - before_c, st.batches - before_b
     assert calls == 400
     assert batches < 0.9 * calls, (batches, calls)
+    assert st.direct - direct < 0.1 * calls  # under load the pump gathers them
 
 
 def test_connections_the_server_closed_while_idle_are_replaced_before_the_next_call(

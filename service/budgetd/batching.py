@@ -3,9 +3,9 @@
 Concurrent script calls coalesce into one pipeline: a call queues itself and,
 when a pipeline slot is free, starts one on the next event-loop tick; while
 MAX_IN_FLIGHT pipelines are in flight, new calls queue and leave together when
-one returns. An idle server sends each call at once (one tick); a loaded one
-waits a few ms for the calls its arrival rate predicts (the adaptive linger)
-and sends batches as large as the load makes them. One round trip and one
+one returns. An idle server sends each call at once, from the caller's own
+task; a loaded one waits a few ms for the calls its arrival rate predicts (the
+adaptive linger) and sends batches as large as the load makes them. One round trip and one
 socket write per batch is what brings a Python server near the gRPC ceiling
 (see docs/scaling.md). On one server the batcher keeps the connections it
 sends on (one per pipeline in flight) instead of taking one from the pool per
@@ -128,6 +128,8 @@ class Stats:
     wait_short: int = 0
     # Pipelines held back a few ms to gather more calls.
     lingers: int = 0
+    # Calls sent by their caller's own task (idle: no pump, no gathering).
+    direct: int = 0
     largest: int = 0
 
     @property
@@ -180,6 +182,25 @@ class ScriptBatcher:
     async def call(self, script: Script, keys: list[str], args: Sequence[Any],
                    encoded: bytes | None = None) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if (self._pump is None and not self._in_flight and not self._queue
+                and (self.rate < self.linger_min_rate or self._last_size < 2)):
+            # Idle, or a lone sequential caller: the caller's own task sends
+            # its call at once. No pump task to start, and no wake-up through
+            # the future for the answer: ~70 µs less from idle on this host.
+            # (Cancelled mid-call, it drops the connection; the next call
+            # reconnects it.)
+            batch = [Call(script, keys, args, fut, encoded)]
+            self._note_rate(1)
+            self._count(batch)
+            self.stats.direct += 1
+            self._in_flight += 1
+            try:
+                await self._send_batch(batch)
+            finally:
+                self._free_slot()
+                if fut.done() and not fut.cancelled():
+                    fut.exception()  # retrieved: result() raises it below
+            return fut.result()
         self._queue.append(Call(script, keys, args, fut, encoded))
         if self._pump is None:
             # Started as a task: it first runs on the next tick, after every
@@ -224,10 +245,7 @@ class ScriptBatcher:
                     await self._slot
                 batch = self._queue[:self.max_batch]
                 del self._queue[:self.max_batch]
-                self._last_size = len(batch)
-                self.stats.batches += 1
-                self.stats.calls += len(batch)
-                self.stats.largest = max(self.stats.largest, len(batch))
+                self._count(batch)
                 self._in_flight += 1
                 if not self._queue:
                     # Nothing more to gather: this task sends the batch itself
@@ -278,10 +296,7 @@ class ScriptBatcher:
         """Under concurrent load only, wait a few ms for more calls. The load
         is the recent arrival rate: idle or light traffic (< LINGER_MIN_RATE
         calls/s) never waits, so low-load latency is one round trip."""
-        now = time.monotonic()
-        elapsed = max(now - self._last_send, 1e-6)
-        self._last_send = now
-        self.rate = (1 - RATE_ALPHA) * self.rate + RATE_ALPHA * (len(self._queue) / elapsed)
+        now = self._note_rate(len(self._queue))
         # A lone sequential caller makes batches of 1 at any rate: waiting
         # would only slow it. Concurrency shows as a previous batch of 2+.
         if (self.rate < self.linger_min_rate or self.max_linger_s <= 0
@@ -297,6 +312,20 @@ class ScriptBatcher:
         while len(self._queue) < target and time.monotonic() < deadline:
             await asyncio.sleep(LINGER_STEP_S)
         self._last_send = time.monotonic()
+
+    def _note_rate(self, calls: int) -> float:
+        """The arrival rate's EWMA, with `calls` arrived since the last send."""
+        now = time.monotonic()
+        elapsed = max(now - self._last_send, 1e-6)
+        self._last_send = now
+        self.rate = (1 - RATE_ALPHA) * self.rate + RATE_ALPHA * (calls / elapsed)
+        return now
+
+    def _count(self, batch: list[Call]) -> None:
+        self._last_size = len(batch)
+        self.stats.batches += 1
+        self.stats.calls += len(batch)
+        self.stats.largest = max(self.stats.largest, len(batch))
 
     def _settle(self, call: Call, result: Any) -> None:
         if call.future.done():
