@@ -300,7 +300,7 @@ def supervise(settings: Settings) -> int:
 
 async def _serve_worker(settings: Settings, index: int, ready_fd: int) -> None:
     from budgetd.clock import SystemClock
-    from budgetd.server import App
+    from budgetd.server import App, tune_gc
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -308,6 +308,7 @@ async def _serve_worker(settings: Settings, index: int, ready_fd: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     app = App(settings, SystemClock(), background_jobs=index == 0)
     await app.start()
+    tune_gc()
 
     def parent_pipe() -> None:
         if not os.read(0, 4096):
