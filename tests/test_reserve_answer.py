@@ -28,8 +28,8 @@ def flat(head: str, rs: list[tuple[str, str, str, int, str, str, int, int]]) -> 
                               for p, w, u, limit, mode, ths, used, res in rs])
 
 
-def general(answer: str) -> pb.ReserveResponse:
-    return reserve_response(ORG, RID, reserve_answer(answer))
+def general(answer: str, org: str = ORG) -> pb.ReserveResponse:
+    return reserve_response(org, RID, reserve_answer(answer))
 
 
 @settings(max_examples=300, deadline=None, database=None)
@@ -53,6 +53,18 @@ def test_a_granted_answer_reads_the_same_both_ways(rs: list[tuple[str, str, str,
             assert got == want
             assert got.SerializeToString() == want.SerializeToString()
         assert reserve_pb(ORG, RID, answer) == want
+    # Other orgs with rules of the same shape share the cached parts, each
+    # answer naming its own org (one id a prefix of the other, one longer).
+    for org in ("acme2", "ac", "x" * 64):
+        theirs = flat(f"a {model} {tokens} {cost} {expires_ms}",
+                      [(p.replace(ORG, org, 1), *rest) for p, *rest in rs])
+        want = general(theirs, org)
+        for _ in range(2):
+            got = service._allowed_response(org, RID, theirs)
+            assert (got is None) == crossed
+            if got is not None:
+                assert got.SerializeToString() == want.SerializeToString()
+            assert reserve_pb(org, RID, theirs) == want
 
 
 def test_the_common_way_gives_the_amounts_left_and_the_expiry() -> None:

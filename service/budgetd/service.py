@@ -224,14 +224,16 @@ def reserve_response(org: str, request_id: str, d: dict[str, Any]) -> pb.Reserve
     return out
 
 
-# Reserve answers' fixed parts, cached by the rules an answer names (~1.4 KB
-# each with 3 rules): bounded whatever the number of orgs; past it the oldest
-# goes.
+# Reserve answers' fixed parts, cached by the rules an answer names with the
+# org left out (~1.4 KB each with 3 rules): orgs whose rules have the same
+# shape (team and feature names, windows, units, limits, modes) share one.
+# Bounded whatever the number of orgs; past it the oldest goes.
 MAX_ANSWER_TEMPLATES = 8_192
 _Rules = list[tuple[int, bool, bool]]  # per rule: limit, counts tokens, is HARD
-# rules named -> (a response holding each rule's Remaining but its amount,
-# serialized, and its _Rules). Kept as bytes: a message holds ~3x the memory.
-_templates: dict[tuple[str, ...], tuple[bytes, _Rules]] = {}
+# rules named, less the org -> (a response holding each rule's Remaining but
+# its amount, serialized; its _Rules; the org its scopes name). Kept as bytes:
+# a message holds ~3x the memory.
+_templates: dict[tuple[str, ...], tuple[bytes, _Rules, str]] = {}
 # Rule sets answered once: the template is kept at the second answer. With
 # many orgs in rotation most rule sets come by rarely, and keeping each one
 # only to drop it before its next use would cost more than it saves.
@@ -262,17 +264,23 @@ def _allowed_response(org: str, request_id: str, flat: str) -> pb.ReserveRespons
     if not flat.startswith("a ") or "\n" in flat:
         return None
     p = flat.split(" ")
-    key = (*p[5::4], *p[6::4])  # the rules' fields and values
+    # The rules' fields less the org (every one names a path of the request's
+    # scope, which starts with it), and their values.
+    n = len(org)
+    key = (*[f[n:] for f in p[5::4]], *p[6::4])
     cached = _templates.get(key)
     if cached is not None:
         out, rules = pb.ReserveResponse.FromString(cached[0]), cached[1]
+        if cached[2] != org:
+            for m in out.remaining:
+                m.scope.org = org
     else:
         out, rules = _fixed_parts(p)
         if key in _seen_once:
             _seen_once.discard(key)
             if len(_templates) >= MAX_ANSWER_TEMPLATES:
                 del _templates[next(iter(_templates))]
-            _templates[key] = out.SerializeToString(), rules
+            _templates[key] = out.SerializeToString(), rules, org
         else:
             if len(_seen_once) >= MAX_ANSWER_TEMPLATES:
                 _seen_once.clear()
