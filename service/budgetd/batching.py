@@ -5,9 +5,9 @@ when a pipeline slot is free, starts one on the next event-loop tick; while
 MAX_IN_FLIGHT pipelines are in flight, new calls queue and leave together when
 one returns. An idle server sends each call at once, from the caller's own
 task; a loaded one waits a few ms for the calls its arrival rate predicts (the
-adaptive linger) and sends batches as large as the load makes them. One round trip and one
-socket write per batch is what brings a Python server near the gRPC ceiling
-(see docs/scaling.md). On one server the batcher keeps the connections it
+adaptive linger) and sends batches as large as the load makes them. One round
+trip and one socket write per batch is what brings a Python server near the
+gRPC ceiling (see docs/scaling.md). On one server the batcher keeps the connections it
 sends on (one per pipeline in flight) instead of taking one from the pool per
 pipeline.
 
@@ -239,11 +239,9 @@ class ScriptBatcher:
             self._note_rate(1)
             self._count(batch)
             self.stats.direct += 1
-            self._in_flight += 1
             try:
-                await self._send_batch(batch)
+                await self._send_here(batch)
             finally:
-                self._free_slot()
                 if fut.done() and not fut.cancelled():
                     fut.exception()  # retrieved: result() raises it below
             return fut.result()
@@ -292,17 +290,14 @@ class ScriptBatcher:
                 batch = self._queue[:self.max_batch]
                 del self._queue[:self.max_batch]
                 self._count(batch)
-                self._in_flight += 1
                 if not self._queue:
                     # Nothing more to gather: this task sends the batch itself
                     # (no task of its own: one loop turn less from idle), and
                     # a call that comes meanwhile starts a new pump.
                     self._pump, handed_over = None, True
-                    try:
-                        await self._send_batch(batch)
-                    finally:
-                        self._free_slot()
+                    await self._send_here(batch)
                     return
+                self._in_flight += 1
                 send = asyncio.ensure_future(self._send_batch(batch))
                 self._sends.add(send)
                 send.add_done_callback(self._sent)
@@ -315,6 +310,14 @@ class ScriptBatcher:
                     if not c.future.done():
                         c.future.set_exception(Unavailable("server shutting down"))
                 self._queue.clear()
+
+    async def _send_here(self, batch: list[Call]) -> None:
+        """Sends `batch` from the calling task, holding a pipeline slot."""
+        self._in_flight += 1
+        try:
+            await self._send_batch(batch)
+        finally:
+            self._free_slot()
 
     def _sent(self, send: asyncio.Task[None]) -> None:
         self._sends.discard(send)
