@@ -1,16 +1,19 @@
 """A Reserve answer becomes its response two ways: the common one (granted,
-no alert, no SOFT/SHADOW rule crossed) from a cached copy of its rules'
-fixed parts, every other one through ledger.reserve_answer's dicts. Both
-must give the same message, byte for byte, for any answer the reserve script
-can give; a difference would show only to callers, as a wrong remaining
-amount or scope."""
+no alert, no SOFT/SHADOW rule crossed) encoded straight to wire bytes from
+its rules' cached parts (wire.py), every other one as a message built from
+ledger.reserve_answer's dicts. Both must give the same bytes for any answer
+the reserve script can give; a difference would show only to callers, as a
+wrong remaining amount or scope, or a response they cannot parse."""
 
 from __future__ import annotations
 
-from budgetd import service
+import random
+
+from budgetd import wire
 from budgetd.ledger import reserve_answer
 from budgetd.service import reserve_pb, reserve_response
 from budgetd_client._proto.budget.v1 import budget_pb2 as pb
+from google.protobuf.internal.encoder import _VarintBytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,16 +45,14 @@ def test_a_granted_answer_reads_the_same_both_ways(rs: list[tuple[str, str, str,
     answer = flat(f"a {model} {tokens} {cost} {expires_ms}", rs)
     want = general(answer)
     # The common way serves it unless a SOFT/SHADOW rule went past its limit:
-    # built whole the first time these rules come by, from their cached parts
-    # the next.
+    # its rules' parts encoded the first time they come by, cached the next.
     crossed = any(mode != "h" and used + res + (tokens if u == "t" else cost) > limit
                   for _, _, u, limit, mode, _, used, res in rs)
-    for _ in range(3):
-        got = service._allowed_response(ORG, RID, answer)
+    for _ in range(2):
+        got = wire.allowed_answer(ORG, RID, answer)
         assert (got is None) == crossed
         if got is not None:
-            assert got == want
-            assert got.SerializeToString() == want.SerializeToString()
+            assert got == want.SerializeToString()
         assert reserve_pb(ORG, RID, answer) == want
     # Other orgs with rules of the same shape share the cached parts, each
     # answer naming its own org (one id a prefix of the other, one longer).
@@ -59,20 +60,20 @@ def test_a_granted_answer_reads_the_same_both_ways(rs: list[tuple[str, str, str,
         theirs = flat(f"a {model} {tokens} {cost} {expires_ms}",
                       [(p.replace(ORG, org, 1), *rest) for p, *rest in rs])
         want = general(theirs, org)
-        for _ in range(2):
-            got = service._allowed_response(org, RID, theirs)
-            assert (got is None) == crossed
-            if got is not None:
-                assert got.SerializeToString() == want.SerializeToString()
-            assert reserve_pb(org, RID, theirs) == want
+        got = wire.allowed_answer(org, RID, theirs)
+        assert (got is None) == crossed
+        if got is not None:
+            assert got == want.SerializeToString()
+        assert reserve_pb(org, RID, theirs) == want
 
 
 def test_the_common_way_gives_the_amounts_left_and_the_expiry() -> None:
     answer = flat("a m1 100 7 1800000000123",
                   [(ORG, "m", "c", 1000, "h", "", 0, 993), (f"{ORG}/search", "d", "t", 500, "h",
                                                             "", 300, 50)])
-    got = service._allowed_response(ORG, RID, answer)
-    assert got is not None
+    raw = wire.allowed_answer(ORG, RID, answer)
+    assert raw is not None
+    got = pb.ReserveResponse.FromString(raw)
     assert got.decision == pb.DECISION_ALLOWED
     assert got.reservation_id == f"{ORG}:{RID}" and got.model == "m1"
     assert (got.reserved.tokens, got.reserved.cost_micros) == (100, 7)
@@ -80,8 +81,9 @@ def test_the_common_way_gives_the_amounts_left_and_the_expiry() -> None:
         (ORG, "", 1000, 0), (ORG, "search", 500, 50)]
     assert got.expires_at.ToMilliseconds() == 1800000000123
     # A second answer naming the same rules reads its own amounts.
-    again = service._allowed_response(ORG, RID, answer.replace(" 300 50", " 0 0"))
-    assert again is not None and [r.remaining for r in again.remaining] == [0, 400]
+    again = wire.allowed_answer(ORG, RID, answer.replace(" 300 50", " 0 0"))
+    assert again is not None
+    assert [r.remaining for r in pb.ReserveResponse.FromString(again).remaining] == [0, 400]
 
 
 def test_answers_the_common_way_leaves_to_the_general_one() -> None:
@@ -92,7 +94,7 @@ def test_answers_the_common_way_leaves_to_the_general_one() -> None:
     legacy = ('{"decision": "allowed", "model": "m1", "tokens": "5", "cost": "1", '
               '"expires_ms": "1800000000000", "remaining": {}, "crossings": {}, "alerts": {}}')
     for answer in (denied, alerting, legacy):
-        assert service._allowed_response(ORG, RID, answer) is None
+        assert wire.allowed_answer(ORG, RID, answer) is None
         assert reserve_pb(ORG, RID, answer) == general(answer)
     assert reserve_pb(ORG, RID, denied).denial.limit == 50
     assert len(reserve_pb(ORG, RID, alerting).alerts) == 1
@@ -102,11 +104,16 @@ def test_the_cache_of_rules_stays_bounded_and_keeps_the_newest() -> None:
     def answer(i: int) -> str:
         return flat("a m1 1 1 1000", [(ORG, "d", "t", i + 1, "h", "", 0, 0)])
 
-    service._templates.clear()
-    for i in range(service.MAX_ANSWER_TEMPLATES + 10):
-        for _ in range(2):  # a template is kept at the second answer
-            assert reserve_pb(ORG, RID, answer(i)).remaining[0].remaining == i
-        assert len(service._templates) <= service.MAX_ANSWER_TEMPLATES
-        assert len(service._seen_once) <= service.MAX_ANSWER_TEMPLATES
-    cached = [key[1] for key in service._templates]  # the rules' values, oldest first
-    assert cached[0] == "11|h|" and cached[-1] == f"{service.MAX_ANSWER_TEMPLATES + 10}|h|"
+    wire._templates.clear()
+    for i in range(wire.MAX_TEMPLATES + 10):
+        assert reserve_pb(ORG, RID, answer(i)).remaining[0].remaining == i
+        assert len(wire._templates) <= wire.MAX_TEMPLATES
+    cached = [key[1] for key in wire._templates]  # the rules' values, oldest first
+    assert cached[0] == "11|h|" and cached[-1] == f"{wire.MAX_TEMPLATES + 10}|h|"
+
+
+def test_varints_are_protobufs_own() -> None:
+    edges = [0, 1, 127, 128, 2**14 - 1, 2**14, 2**28, 2**35 + 5, 10**15, 2**63 - 1, -1, -(2**63)]
+    rng = random.Random(5)
+    for n in edges + [rng.randrange(-(2**63), 2**63) for _ in range(2000)]:
+        assert wire.varint(n) == _VarintBytes(n % 2**64), n

@@ -158,7 +158,7 @@ class CallHooks:
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                response_serializer=passthrough(handler.response_serializer))
         if handler.unary_stream is not None:
             inner_us: Any = handler.unary_stream
 
@@ -246,6 +246,18 @@ class ServiceRegistrar:
         # The generated code adds the same methods both ways: those already
         # known by name are found first; the rest are looked up per call.
         self._handlers.generic.extend(handlers)
+
+
+def passthrough(serialize: Any) -> Any:
+    """`serialize`, but a response a handler already serialized (bytes: the
+    common Reserve answer, wire.py) is sent as it is."""
+    if serialize is None:
+        return None
+
+    def serializer(resp: Any) -> bytes:
+        return resp if resp.__class__ is bytes else serialize(resp)
+
+    return serializer
 
 
 def _set_code(context: Context) -> grpc.StatusCode:

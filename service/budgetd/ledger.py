@@ -114,7 +114,7 @@ class Answer:
     replay: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     # A Reserve's answer as the script gave it (data is then empty: the
-    # service reads the flat form, see service.reserve_pb).
+    # service reads the flat form, see service.reserve_out).
     flat: str = ""
 
 

@@ -99,8 +99,11 @@ def observe_reserve(resp: budget_pb2.ReserveResponse, teams: TeamLabels) -> str:
 
 def observe_response(method: str, resp: Any, teams: TeamLabels) -> str:
     """The decision label of a response ('' for RPCs without one); counts denials."""
-    if method == "Reserve" and isinstance(resp, budget_pb2.ReserveResponse):
-        return observe_reserve(resp, teams)
+    if method == "Reserve":
+        if resp.__class__ is bytes:
+            return "allowed"  # only the common, granted answer comes serialized (wire.py)
+        if isinstance(resp, budget_pb2.ReserveResponse):
+            return observe_reserve(resp, teams)
     results = getattr(resp, "results", None)
     if method == "ReserveBatch" and results is not None:
         for r in results:

@@ -21,7 +21,7 @@ from redis.exceptions import ClusterDownError, ReadOnlyError, RedisError, TryAga
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from budgetd import reports
+from budgetd import reports, wire
 from budgetd import validate as v
 from budgetd.admin import Admin, Rule, check_rule
 from budgetd.alerts import (
@@ -169,22 +169,11 @@ def _set_scope(msg: pb.Scope, path: str) -> None:
     msg.org, msg.team, msg.feature = _path_parts(path)
 
 
-def _set_grant(out: pb.ReserveResponse, org: str, request_id: str, model: str, tokens: int,
-               cost: int, expires_ms: int) -> None:
-    """What a granted response says of the grant itself."""
-    out.reservation_id = reservation_id(org, request_id)
-    out.model = model
-    reserved = out.reserved
-    reserved.tokens, reserved.cost_micros = tokens, cost
-    expires = out.expires_at
-    expires.seconds, ms = divmod(expires_ms, 1000)
-    expires.nanos = ms * 1_000_000
-
-
 def reserve_response(org: str, request_id: str, d: dict[str, Any]) -> pb.ReserveResponse:
-    # Built in place (add(), fields set on the child) rather than from
-    # constructed sub-messages that upb then copies: ~3x cheaper, and this
-    # runs on every Reserve.
+    """The general way, for any answer: denied, alerting, crossing a SOFT or
+    SHADOW rule (the common one, wire.py). Built in place (add(), fields set
+    on the child) rather than from constructed sub-messages that upb then
+    copies: ~3x cheaper."""
     out = pb.ReserveResponse()
     remaining = d.get("remaining")
     if isinstance(remaining, list):
@@ -206,8 +195,13 @@ def reserve_response(org: str, request_id: str, d: dict[str, Any]) -> pb.Reserve
         out.alerts.extend(a.to_pb() for a in alerts_of(d))
     if d["decision"] == "allowed":
         out.decision = pb.DECISION_ALLOWED
-        _set_grant(out, org, request_id, d["model"], int(d["tokens"]), int(d["cost"]),
-                   int(d["expires_ms"]))
+        out.reservation_id = reservation_id(org, request_id)
+        out.model = d["model"]
+        reserved = out.reserved
+        reserved.tokens, reserved.cost_micros = int(d["tokens"]), int(d["cost"])
+        expires = out.expires_at
+        expires.seconds, ms = divmod(int(d["expires_ms"]), 1000)
+        expires.nanos = ms * 1_000_000
     else:
         out.decision = pb.DECISION_DENIED
         den = d["denial"]
@@ -224,84 +218,18 @@ def reserve_response(org: str, request_id: str, d: dict[str, Any]) -> pb.Reserve
     return out
 
 
-# Reserve answers' fixed parts, cached by the rules an answer names with the
-# org left out (~1.4 KB each with 3 rules): orgs whose rules have the same
-# shape (team and feature names, windows, units, limits, modes) share one.
-# Bounded whatever the number of orgs; past it the oldest goes.
-MAX_ANSWER_TEMPLATES = 8_192
-_Rules = list[tuple[int, bool, bool]]  # per rule: limit, counts tokens, is HARD
-# rules named, less the org -> (a response holding each rule's Remaining but
-# its amount, serialized; its _Rules; the org its scopes name). Kept as bytes:
-# a message holds ~3x the memory.
-_templates: dict[tuple[str, ...], tuple[bytes, _Rules, str]] = {}
-# Rule sets answered once: the template is kept at the second answer. With
-# many orgs in rotation most rule sets come by rarely, and keeping each one
-# only to drop it before its next use would cost more than it saves.
-_seen_once: set[tuple[str, ...]] = set()
-
-
-def _fixed_parts(p: list[str]) -> tuple[pb.ReserveResponse, _Rules]:
-    """A granted response holding each rule's Remaining but its amount."""
-    out = pb.ReserveResponse(decision=pb.DECISION_ALLOWED)
-    rules = []
-    for k in range(5, len(p), 4):
-        path, win, unit = p[k].split("|")
-        limit_s, mode, _ = p[k + 1].split("|")
-        limit = int(limit_s)
-        m = out.remaining.add(window=WINDOW_TO_PB[win], unit=UNIT_TO_PB[unit],
-                              mode=MODE_TO_PB[mode], limit=limit)
-        _set_scope(m.scope, path)
-        rules.append((limit, unit == "t", mode == "h"))
-    return out, rules
-
-
-def _allowed_response(org: str, request_id: str, flat: str) -> pb.ReserveResponse | None:
-    """The common answer, granted with no alert and no SOFT/SHADOW rule
-    crossed, straight from the flat answer into a message (from a cached copy
-    of its rules' fixed parts once they came by twice): a third to a half of
-    the general way's cost (ledger.reserve_answer's dicts, then a message per
-    rule), on every Reserve. None for any other answer."""
-    if not flat.startswith("a ") or "\n" in flat:
-        return None
-    p = flat.split(" ")
-    # The rules' fields less the org (every one names a path of the request's
-    # scope, which starts with it), and their values.
-    n = len(org)
-    key = (*[f[n:] for f in p[5::4]], *p[6::4])
-    cached = _templates.get(key)
-    if cached is not None:
-        out, rules = pb.ReserveResponse.FromString(cached[0]), cached[1]
-        if cached[2] != org:
-            for m in out.remaining:
-                m.scope.org = org
-    else:
-        out, rules = _fixed_parts(p)
-        if key in _seen_once:
-            _seen_once.discard(key)
-            if len(_templates) >= MAX_ANSWER_TEMPLATES:
-                del _templates[next(iter(_templates))]
-            _templates[key] = out.SerializeToString(), rules, org
-        else:
-            if len(_seen_once) >= MAX_ANSWER_TEMPLATES:
-                _seen_once.clear()
-            _seen_once.add(key)
-    tokens, cost = int(p[2]), int(p[3])
-    remaining = out.remaining
-    for i, (limit, is_tokens, hard) in enumerate(rules):
-        k = 5 + 4 * i
-        left = limit - int(p[k + 2]) - int(p[k + 3]) - (tokens if is_tokens else cost)
-        if left < 0 and not hard:
-            return None  # a crossing: the general way reports it
-        remaining[i].remaining = left
-    _set_grant(out, org, request_id, p[1], tokens, cost, int(p[4]))
-    return out
+def reserve_out(org: str, request_id: str, flat: str) -> bytes | pb.ReserveResponse:
+    """A Reserve answer (the script's flat form, or a legacy record's JSON)
+    as what the handler returns: the common one already serialized (wire.py),
+    any other as its message."""
+    return (wire.allowed_answer(org, request_id, flat)
+            or reserve_response(org, request_id, reserve_answer(flat)))
 
 
 def reserve_pb(org: str, request_id: str, flat: str) -> pb.ReserveResponse:
-    """A Reserve answer (the script's flat form, or a legacy record's JSON)
-    as its response."""
-    return (_allowed_response(org, request_id, flat)
-            or reserve_response(org, request_id, reserve_answer(flat)))
+    """A Reserve answer as its message (ReserveBatch's results hold them)."""
+    out = reserve_out(org, request_id, flat)
+    return pb.ReserveResponse.FromString(out) if isinstance(out, bytes) else out
 
 
 def _batch_error(code: grpc.StatusCode, message: str) -> pb.ReserveBatchResult:
@@ -314,10 +242,10 @@ class BudgetService(pb_grpc.BudgetServiceServicer):
 
     @rpc
     async def Reserve(self, request: pb.ReserveRequest,
-                      context: Ctx) -> pb.ReserveResponse:
+                      context: Ctx) -> bytes | pb.ReserveResponse:
         req = v.reserve(request)
         ans = await self.ledger.reserve(req)
-        return reserve_pb(req.scope.org, req.request_id, ans.flat)
+        return reserve_out(req.scope.org, req.request_id, ans.flat)
 
     @rpc
     async def ReserveBatch(self, request: pb.ReserveBatchRequest,
