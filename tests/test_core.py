@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 import redis
+from budgetd.limits import DENIED_RETENTION_S, RECORD_RETENTION_S
+from budgetd.windows import request_key
 from budgetd_client import AlreadyExists, FailedPrecondition, NotFound, Usage
-from conftest import Budgetd, keyspace, ms
+from conftest import T0, Budgetd, keyspace, ms
 from helpers import TEST_BIG, TEST_MODEL, TEST_SMALL, set_test_pricing
 
 
@@ -168,6 +170,21 @@ def test_reserve_is_idempotent(b: Budgetd) -> None:
                              request_id="req-1")
     assert again.raw == a.raw
     assert b.client.get_budget("acme").get("day", "tokens").reserved == 200
+
+
+def test_request_records_are_kept_for_their_retention(b: Budgetd, r: redis.Redis) -> None:
+    """A granted record outlives its hold by the record retention, a denied
+    one is kept for the denied retention: both counted from the server's
+    clock (here stopped at T0), as the windows are."""
+    b.admin.set_budget("acme", "day", "tokens", 1_000)
+    b.client.reserve("acme/t", TEST_MODEL, input_tokens=100, max_output_tokens=100,
+                     request_id="granted", ttl_seconds=120)
+    denied = b.client.reserve("acme/t", TEST_MODEL, input_tokens=5_000, max_output_tokens=100,
+                              request_id="denied")
+    assert not denied.allowed
+    granted_until_ms = ms(T0) + (120 + RECORD_RETENTION_S) * 1000
+    assert r.pexpiretime(request_key("acme", "granted")) == granted_until_ms
+    assert r.pexpiretime(request_key("acme", "denied")) == ms(T0) + DENIED_RETENTION_S * 1000
 
 
 @pytest.mark.parametrize("change,field", [

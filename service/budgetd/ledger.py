@@ -426,9 +426,9 @@ class Ledger:
         keys = [w.request_key(org, req.request_id), *self._reserve_keys(org, cfg, win)]
         assert len(keys) == RESERVE_KEYS
         day: list[Any] = [cfg.check, win.day_id, win.month_id, win.day_expire_at_s,
-                          win.month_expire_at_s, DENIED_RETENTION_S]
+                          win.month_expire_at_s, now_ms + DENIED_RETENTION_S * 1000]
         own: list[Any] = [req.request_id, _fingerprint(req), now_ms, expires_ms,
-                          req.ttl_s + RECORD_RETENTION_S, len(cands)]
+                          expires_ms + RECORD_RETENTION_S * 1000, len(cands)]
         # Per candidate, what the script would otherwise build in Lua: its
         # report field, its record's hold and its answer's head.
         hold_tail = (f"{win.day_id} {win.month_id} {win.day_expire_at_s} "

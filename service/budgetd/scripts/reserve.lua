@@ -12,7 +12,8 @@
 -- character of a layout string; each window's counters are read with one
 -- HMGET and charged with one HSET, the granted model's request count with
 -- them; keys get their expiry only when this call may have created them (the
--- request count was missing); the record is five fields.
+-- request count was missing); the record is five fields, given its expiry as
+-- an absolute PEXPIREAT (an EXPIRE is propagated rewritten as one: ~0.5 µs).
 --
 -- KEYS[1] request record   bd:{org}:q:<request_id>
 -- KEYS[2] rules hash       bd:{org}:rules ('#c': rules generation and zone)
@@ -31,7 +32,7 @@
 --          read
 -- ARGV[2]  day window id                  ARGV[3]  month window id
 -- ARGV[4]  day keys expire-at (unix s)    ARGV[5]  month keys expire-at (unix s)
--- ARGV[6]  seconds to keep a denied record
+-- ARGV[6]  when a denied record expires (unix ms)
 -- ARGV[7]  report group prefix "sm|<team[/feature]>|"
 -- ARGV[8]  n, the number of paths (1..3: org, org/team, org/team/feature)
 -- ARGV[9]  the number of rules (in the order a denial names the first one
@@ -48,8 +49,8 @@
 --   its lowest alert threshold is reached ('' if none)
 -- then the request's own: request_id; its fingerprint "scope model estimate
 --   ttl_s fallbacks batch", what a retry must repeat (space-separated; none of
---   them holds a space); now_ms; expires_at_ms; seconds to keep a granted
---   record (ttl_s + record retention); the number of candidates, then per
+--   them holds a space); now_ms; expires_at_ms; when a granted record expires
+--   (unix ms: expires_at_ms + record retention); the number of candidates, then per
 --   candidate: model, tokens, cost, its report field "<prefix><model>|n", its
 --   hold (below), and its answer head "a <model> <tokens> <cost> <expires_ms>"
 --
@@ -213,7 +214,7 @@ if granted == nil then
   local resp = answer(table.concat({'d', ARGV[first], ARGV[first + 1], ARGV[first + 2],
     vfield}, ' '))
   call('HSET', req, 'kind', 'reserve', 'state', 'denied', 'fp', my_fp, 'resp', resp)
-  call('EXPIRE', req, ARGV[6])
+  call('PEXPIREAT', req, ARGV[6])
   local field = ARGV[7] .. ARGV[first] .. '|d'
   report(KEYS[3], field, ARGV[4])
   report(KEYS[4], field, ARGV[5])
@@ -303,6 +304,6 @@ local resp = answer(ARGV[granted + 6])
 if alerts and #alerts > 0 then resp = resp .. '\n' .. cjson.encode(alerts) end
 call('HSET', req, 'kind', 'reserve', 'state', 'held', 'fp', my_fp, 'hold', ARGV[granted + 5],
   'resp', resp)
-call('EXPIRE', req, ARGV[dyn_at + 4])
+call('PEXPIREAT', req, ARGV[dyn_at + 4])
 call('ZADD', KEYS[5], ARGV[dyn_at + 3], rid)
 return {'ok', resp}
