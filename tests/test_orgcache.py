@@ -5,6 +5,7 @@ stored ones."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +13,7 @@ import redis
 from budgetd.clock import ManualClock
 from budgetd.config import Settings
 from budgetd.embedded import EmbeddedRedis
+from budgetd.orgcache import lua_number
 from budgetd.server import ServerThread
 from budgetd_client import AdminClient, BudgetClient, CallPolicy
 from conftest import T0, ms
@@ -111,3 +113,17 @@ def test_the_orgs_a_replica_remembers_are_bounded_and_every_org_still_reaches_th
             assert r.sismember("bd:orgs", "org0")
     finally:
         thread.stop()
+
+
+def test_limits_reach_the_script_as_the_same_numbers(r: redis.Redis) -> None:
+    """Limits and threshold amounts go to the reserve script with their
+    trailing zeros as an exponent: Lua must read each as the same number."""
+    rng = random.Random(7)
+    ns = [0, 1, 10, 100, 101, 1000, 10**15, 2**53, 2**53 + 1, 9 * 10**18, 2**63 - 1]
+    ns += [rng.randrange(1, 10**6) * 10 ** rng.randrange(0, 13) for _ in range(300)]
+    compact = [lua_number(n) for n in ns]
+    assert compact[:6] == ["0", "1", "10", "1e2", "101", "1e3"]
+    same = r.eval("for i = 1, #ARGV, 2 do if ARGV[i] + 0 ~= ARGV[i + 1] + 0 then "
+                  "return ARGV[i] end end return 'ok'", 0,
+                  *[x for n, c in zip(ns, compact, strict=True) for x in (str(n), c)])
+    assert same == b"ok"

@@ -49,6 +49,15 @@ def threshold_amount(limit: int, pct: int) -> int:
     return -(-limit * pct // 100)
 
 
+def lua_number(n: int) -> str:
+    """`n` as the reserve script converts it, its trailing zeros an exponent
+    ('1e15'): Lua reads the shorter string to the same double (both are
+    correctly rounded), ~20 ns faster, twice per rule on every Reserve."""
+    digits = str(n)
+    zeros = len(digits) - len(digits.rstrip("0"))
+    return f"{digits[:-zeros]}e{zeros}" if zeros >= 2 and n else digits
+
+
 @dataclass(frozen=True, slots=True)
 class ScopeRules:
     """The reserve script's arguments for one scope under one rule set."""
@@ -113,8 +122,8 @@ class OrgConfig:
             ri = 2 * i + (1 if u == "t" else 2)
             layout.append(chr(48 + ri + (8 if win == "m" else 0) + _MODE_BITS[mode]))
             lowest = min((int(t) for t in ths.split(",") if t), default=None)
-            low = "" if lowest is None else str(threshold_amount(int(limit), lowest))
-            described += [f"{f} {value}", limit, low]
+            low = "" if lowest is None else lua_number(threshold_amount(int(limit), lowest))
+            described += [f"{f} {value}", lua_number(int(limit)), low]
         group = f"sm|{paths[-1][len(org) + 1:]}|"
         args = [group, str(len(paths)), str(len(rules)), str(len(used["d"])),
                 str(len(used["m"])), "".join(layout), *used["d"], *reserved, *used["m"],

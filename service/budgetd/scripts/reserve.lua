@@ -46,7 +46,8 @@
 -- then the month rules' used counters, in rule order,
 -- then per rule: "<rule field> <rule value>" (as stored: an empty thresholds
 --   csv is the defaults, see DEFAULT_THRESHOLDS), limit, and the amount at which
---   its lowest alert threshold is reached ('' if none)
+--   its lowest alert threshold is reached ('' if none), these two with their
+--   trailing zeros as an exponent ('1e15': read faster, to the same number)
 -- then the request's own: request_id; its fingerprint "scope model estimate
 --   ttl_s fallbacks batch", what a retry must repeat (space-separated; none of
 --   them holds a space); now_ms; expires_at_ms; when a granted record expires
