@@ -122,7 +122,9 @@ for i = 1, n2 do
 end
 
 -- Per rule, its consumption (used + reserved) goes to C, and its
--- description, used and reserved (as read) to the answer's parts. Per unit,
+-- description, used and reserved (as read) to the answer's parts (parts[1]
+-- is the answer's head: the answer is its head, then per rule "<rule field>
+-- <rule value> <used> <reserved>", before this charge, space-separated). Per unit,
 -- the loop keeps the least headroom (limit - consumption) over the HARD
 -- rules, which a grant may not pass, over the SOFT/SHADOW rules, past which a
 -- grant alerts, and to the lowest alert thresholds: the candidates and the
@@ -165,24 +167,6 @@ for k = 1, nrules do
   parts[p], parts[p + 1], parts[p + 2] = ARGV[a], used, res_s
 end
 
--- The rules that tokens t or cost c added to their consumption would take
--- past their limit (at = 1; hard: HARD rules, else SOFT/SHADOW ones) or to
--- their lowest alert threshold (at = 2), in rule order: {k, consumption
--- after, SHADOW} each.
-local function reached(t, c, at, hard)
-  local out = {}
-  for k = 1, nrules do
-    local b, v = byte(layout, k) - 48, ARGV[rule_at + 3 * k - 3 + at]
-    if v ~= '' and (at == 2 or (b < 16) == hard) then
-      local consumed, bound = C[k] + (b % 2 == 0 and c or t), v + 0
-      if consumed > bound or (at == 2 and consumed == bound) then
-        out[#out + 1] = {k, consumed, b >= 32}
-      end
-    end
-  end
-  return out
-end
-
 -- The first candidate that no HARD rule denies is granted.
 local ncand = ARGV[cand_at] + 0
 local granted, g_t, g_c = nil, 0, 0
@@ -195,16 +179,47 @@ for ci = 1, ncand do
   end
 end
 
--- The answer: its head, then per rule "<rule field> <rule value> <used>
--- <reserved>" (before this charge), space-separated.
-local function answer(head)
-  parts[1] = head
-  return table.concat(parts, ' ', 1, 1 + 3 * nrules)
-end
-
--- One report counter; its key's expiry is set when this created the field.
-local function report(key, field, exp_s)
-  if call('HINCRBY', key, field, 1) == 1 then call('EXPIREAT', key, exp_s) end
+-- Made only when a denial or an alert needs them: a closure costs on every
+-- call that makes it, most for the locals it captures (the four below made
+-- on every call cost ~3 % of a 12-rule call's Redis CPU; bench/redis_cpu.py).
+local reached, alerting, report, alerts, ctx
+local rare = granted == nil or g_t > soft_t or g_c > soft_c or g_t >= low_t or g_c >= low_c
+if rare then
+  -- The rules that tokens t or cost c added to their consumption would take
+  -- past their limit (at = 1; hard: HARD rules, else SOFT/SHADOW ones) or to
+  -- their lowest alert threshold (at = 2), in rule order: {k, consumption
+  -- after, SHADOW} each.
+  reached = function(t, c, at, hard)
+    local out = {}
+    for k = 1, nrules do
+      local b, v = byte(layout, k) - 48, ARGV[rule_at + 3 * k - 3 + at]
+      if v ~= '' and (at == 2 or (b < 16) == hard) then
+        local consumed, bound = C[k] + (b % 2 == 0 and c or t), v + 0
+        if consumed > bound or (at == 2 and consumed == bound) then
+          out[#out + 1] = {k, consumed, b >= 32}
+        end
+      end
+    end
+    return out
+  end
+  -- One report counter; its key's expiry is set when this created the field.
+  report = function(key, field, exp_s)
+    if call('HINCRBY', key, field, 1) == 1 then call('EXPIREAT', key, exp_s) end
+  end
+  -- A rule's fields for the alert helpers, and the alerts' context (both
+  -- built only when an alert fires).
+  alerting = function(k)
+    if not alerts then
+      alerts, ctx = {}, {stream = KEYS[8], now_ms = ARGV[dyn_at + 2], rid = rid}
+    end
+    local path, w, u, limit, mode, ths = string.match(ARGV[rule_at + 3 * k - 3],
+      '^(%S+)|(%a)|(%a) (%d+)|(%a)|(.*)$')
+    local day = w == 'd'
+    if ths == '' then ths = DEFAULT_THRESHOLDS end
+    return {path = path, u = u, w = w, wid = day and ARGV[2] or ARGV[3],
+      fired = day and KEYS[6] or KEYS[7], exp = day and ARGV[4] or ARGV[5],
+      limit = limit + 0, mode = mode, ths = ths}
+  end
 end
 
 if granted == nil then
@@ -212,8 +227,8 @@ if granted == nil then
   -- The first rule the first candidate would pass names the denial.
   local violated = reached(ARGV[first + 1] + 0, ARGV[first + 2] + 0, 1, true)[1][1]
   local vfield = string.match(ARGV[rule_at + 3 * violated - 3], '^%S+')
-  local resp = answer(table.concat({'d', ARGV[first], ARGV[first + 1], ARGV[first + 2],
-    vfield}, ' '))
+  parts[1] = table.concat({'d', ARGV[first], ARGV[first + 1], ARGV[first + 2], vfield}, ' ')
+  local resp = table.concat(parts, ' ', 1, 1 + 3 * nrules)
   call('HSET', req, 'kind', 'reserve', 'state', 'denied', 'fp', my_fp, 'resp', resp)
   call('PEXPIREAT', req, ARGV[6])
   local field = ARGV[7] .. ARGV[first] .. '|d'
@@ -229,7 +244,10 @@ end
 -- exactly, and faster than '%.0f'.
 local fmt = string.format
 local nf = ARGV[granted + 4]
-local function charge(key, res, exp_s, nv)
+-- Day then month; a loop, not a function called twice: see `rare` above.
+for w = 1, 2 do
+  local key, res, exp_s, nv = KEYS[3], dres, ARGV[4], dv[1]
+  if w == 2 then key, res, exp_s, nv = KEYS[4], mres, ARGV[5], mv[1] end
   local f, n = res_at, nil
   if big or granted ~= cand_at then
     -- Rare (a counter past 2^52, or a fallback model granted, whose request
@@ -262,24 +280,8 @@ local function charge(key, res, exp_s, nv)
   -- count, so a key that had this one has its expiry already.
   if n == 1 then call('EXPIREAT', key, exp_s) end
 end
-charge(KEYS[3], dres, ARGV[4], dv[1])
-charge(KEYS[4], mres, ARGV[5], mv[1])
 
 -- Alerts: SOFT/SHADOW rules crossed, then thresholds reached after the charge.
--- Rare: the tables the alert helpers read are built only then.
-local alerts, ctx = nil, nil
-local function alerting(k)
-  if not alerts then
-    alerts, ctx = {}, {stream = KEYS[8], now_ms = ARGV[dyn_at + 2], rid = rid}
-  end
-  local path, w, u, limit, mode, ths = string.match(ARGV[rule_at + 3 * k - 3],
-    '^(%S+)|(%a)|(%a) (%d+)|(%a)|(.*)$')
-  local day = w == 'd'
-  if ths == '' then ths = DEFAULT_THRESHOLDS end
-  return {path = path, u = u, w = w, wid = day and ARGV[2] or ARGV[3],
-    fired = day and KEYS[6] or KEYS[7], exp = day and ARGV[4] or ARGV[5],
-    limit = limit + 0, mode = mode, ths = ths}
-end
 local would_deny = false
 if g_t > soft_t or g_c > soft_c then
   for _, hit in ipairs(reached(g_t, g_c, 1, false)) do
@@ -301,7 +303,8 @@ if would_deny then
   report(KEYS[4], field, ARGV[5])
 end
 
-local resp = answer(ARGV[granted + 6])
+parts[1] = ARGV[granted + 6]
+local resp = table.concat(parts, ' ', 1, 1 + 3 * nrules)
 if alerts and #alerts > 0 then resp = resp .. '\n' .. cjson.encode(alerts) end
 call('HSET', req, 'kind', 'reserve', 'state', 'held', 'fp', my_fp, 'hold', ARGV[granted + 5],
   'resp', resp)
