@@ -46,9 +46,16 @@ def _lib_chunks(lib: str) -> list[tuple[str, str]]:
             for k, (begin, name) in enumerate(starts)]
 
 
+# Where a script wants its helpers, if not first: a line of its own. Each
+# helper is a closure made on every call that reaches its definition, so a
+# script that needs them only on a rare path puts them there (reserve.lua).
+HELPERS_MARKER = re.compile(r"^[ \t]*-- @helpers\b.*$", re.M)
+
+
 def _source(name: str) -> str:
-    """The script with the helpers it uses (transitively) prepended: each
-    helper the script does not use would cost a closure on every call."""
+    """The script with the helpers it uses (transitively) prepended, or put
+    at its HELPERS_MARKER line: each helper the script does not use would
+    cost a closure on every call."""
     pkg = resources.files("budgetd") / "scripts"
     lib = (pkg / "_lib.lua").read_text()
     body = (pkg / f"{name}.lua").read_text()
@@ -62,7 +69,11 @@ def _source(name: str) -> str:
         needed |= more
         text = _COMMENT.sub("", "\n".join(c for n, c in chunks if n in needed))
     used = "".join(c for n, c in chunks if n in needed)
-    return f"{used}\n{body}"
+    marker = HELPERS_MARKER.search(body)
+    if marker is None:
+        return f"{used}\n{body}"
+    assert len(HELPERS_MARKER.findall(body)) == 1, f"{name}.lua: one {HELPERS_MARKER.pattern}"
+    return f"{body[:marker.end()]}\n{used}{body[marker.end():]}"
 
 
 class Script:

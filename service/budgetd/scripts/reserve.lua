@@ -179,12 +179,14 @@ for ci = 1, ncand do
   end
 end
 
--- Made only when a denial or an alert needs them: a closure costs on every
--- call that makes it, most for the locals it captures (the four below made
--- on every call cost ~3 % of a 12-rule call's Redis CPU; bench/redis_cpu.py).
-local reached, alerting, report, alerts, ctx
+-- Made only when a denial or an alert needs them, as are the _lib.lua helpers:
+-- a closure costs on every call that makes it, most for the locals it
+-- captures (made on every call, these cost ~4 % of a 12-rule call's Redis
+-- CPU; bench/redis_cpu.py).
+local reached, alerting, report, alert, alerts, ctx
 local rare = granted == nil or g_t > soft_t or g_c > soft_c or g_t >= low_t or g_c >= low_c
 if rare then
+  -- @helpers (scripts.py puts the _lib.lua helpers this script uses here)
   -- The rules that tokens t or cost c added to their consumption would take
   -- past their limit (at = 1; hard: HARD rules, else SOFT/SHADOW ones) or to
   -- their lowest alert threshold (at = 2), in rule order: {k, consumption
@@ -219,6 +221,29 @@ if rare then
     return {path = path, u = u, w = w, wid = day and ARGV[2] or ARGV[3],
       fired = day and KEYS[6] or KEYS[7], exp = day and ARGV[4] or ARGV[5],
       limit = limit + 0, mode = mode, ths = ths}
+  end
+  -- A grant's alerts: SOFT/SHADOW rules crossed, then thresholds reached
+  -- after the charge (called after it).
+  alert = function()
+    local would_deny = false
+    if g_t > soft_t or g_c > soft_c then
+      for _, hit in ipairs(reached(g_t, g_c, 1, false)) do
+        if hit[3] then would_deny = true end
+        local named = alerting(hit[1])  -- sets ctx: before the call reads it
+        crossing_alert(ctx, named, hit[2], alerts)
+      end
+    end
+    if g_t >= low_t or g_c >= low_c then
+      for _, hit in ipairs(reached(g_t, g_c, 2)) do
+        local named = alerting(hit[1])
+        rule_thresholds(ctx, named, hit[2], alerts)
+      end
+    end
+    if would_deny then
+      local field = ARGV[7] .. ARGV[granted + 1] .. '|s'
+      report(KEYS[3], field, ARGV[4])
+      report(KEYS[4], field, ARGV[5])
+    end
   end
 end
 
@@ -281,27 +306,7 @@ for w = 1, 2 do
   if n == 1 then call('EXPIREAT', key, exp_s) end
 end
 
--- Alerts: SOFT/SHADOW rules crossed, then thresholds reached after the charge.
-local would_deny = false
-if g_t > soft_t or g_c > soft_c then
-  for _, hit in ipairs(reached(g_t, g_c, 1, false)) do
-    if hit[3] then would_deny = true end
-    local named = alerting(hit[1])  -- sets ctx: before the call reads it
-    crossing_alert(ctx, named, hit[2], alerts)
-  end
-end
-if g_t >= low_t or g_c >= low_c then
-  for _, hit in ipairs(reached(g_t, g_c, 2)) do
-    local named = alerting(hit[1])
-    rule_thresholds(ctx, named, hit[2], alerts)
-  end
-end
-
-if would_deny then
-  local field = ARGV[7] .. ARGV[granted + 1] .. '|s'
-  report(KEYS[3], field, ARGV[4])
-  report(KEYS[4], field, ARGV[5])
-end
+if alert then alert() end
 
 parts[1] = ARGV[granted + 6]
 local resp = table.concat(parts, ' ', 1, 1 + 3 * nrules)
