@@ -14,7 +14,7 @@ from typing import Any
 from budgetd_client._proto.budget.v1 import budget_pb2 as pb
 
 from budgetd import windows as w
-from budgetd.codec import text
+from budgetd.codec import MODE_TO_PB, UNIT_TO_PB, WINDOW_TO_PB, text
 from budgetd.errors import InvalidArgument
 
 # Mirrors ALERT_STREAM_MAXLEN in scripts/_lib.lua.
@@ -27,9 +27,6 @@ MAX_WATCHERS = 64
 
 KINDS = ("threshold", "soft_over_limit", "shadow_would_deny", "drift")
 _STREAM_ID_RE = re.compile(r"^[0-9]{1,20}(-[0-9]{1,20})?$")
-_W = {"d": pb.WINDOW_DAY, "m": pb.WINDOW_MONTH}
-_U = {"t": pb.UNIT_TOKENS, "c": pb.UNIT_COST_MICROS}
-_M = {"h": pb.MODE_HARD, "s": pb.MODE_SOFT, "w": pb.MODE_SHADOW}
 
 
 def fired_key(org: str, window_id: str) -> str:
@@ -83,9 +80,9 @@ class Alert:
             id=self.id, kind=self.kind,
             scope=pb.Scope(org=parts[0], team=parts[1] if len(parts) > 1 else "",
                            feature=parts[2] if len(parts) > 2 else ""),
-            window=_W.get(self.window, pb.WINDOW_UNSPECIFIED),
-            unit=_U.get(self.unit, pb.UNIT_UNSPECIFIED),
-            mode=_M.get(self.mode, pb.MODE_UNSPECIFIED),
+            window=WINDOW_TO_PB.get(self.window, pb.WINDOW_UNSPECIFIED),
+            unit=UNIT_TO_PB.get(self.unit, pb.UNIT_UNSPECIFIED),
+            mode=MODE_TO_PB.get(self.mode, pb.MODE_UNSPECIFIED),
             threshold_percent=self.threshold_percent, limit=self.limit,
             consumed=self.consumed, window_id=w.window_label(self.window_id),
             request_id=self.request_id)

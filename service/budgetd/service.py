@@ -32,6 +32,7 @@ from budgetd.alerts import (
     alerts_of,
     check_after_id,
 )
+from budgetd.codec import MODE_TO_PB, UNIT_TO_PB, WINDOW_TO_PB
 from budgetd.errors import BudgetdError, InvalidArgument, ResourceExhausted
 from budgetd.ledger import (
     Answer,
@@ -47,11 +48,8 @@ from budgetd.windows import window_label, windows_at
 
 log = logging.getLogger("budgetd.service")
 
-WINDOW_TO_PB: dict[str, Any] = {"d": pb.WINDOW_DAY, "m": pb.WINDOW_MONTH}
 WINDOW_FROM_PB: dict[int, str] = {v_: k for k, v_ in WINDOW_TO_PB.items()}
-UNIT_TO_PB: dict[str, Any] = {"t": pb.UNIT_TOKENS, "c": pb.UNIT_COST_MICROS}
 UNIT_FROM_PB: dict[int, str] = {v_: k for k, v_ in UNIT_TO_PB.items()}
-MODE_TO_PB: dict[str, Any] = {"h": pb.MODE_HARD, "s": pb.MODE_SOFT, "w": pb.MODE_SHADOW}
 MODE_FROM_PB: dict[int, str] = {v_: k for k, v_ in MODE_TO_PB.items()}
 STATE_TO_PB: dict[str, Any] = {
     "held": pb.RESERVATION_STATE_HELD,

@@ -16,8 +16,7 @@ shape share them."""
 
 from __future__ import annotations
 
-from budgetd_client._proto.budget.v1 import budget_pb2 as pb
-
+from budgetd.codec import MODE_TO_PB, UNIT_TO_PB, WINDOW_TO_PB
 from budgetd.ledger import reservation_id
 
 # Rule sets kept; past it the oldest goes. ~0.5 KB each with 3 rules.
@@ -25,10 +24,6 @@ MAX_TEMPLATES = 8_192
 # Varints of 0..SMALL-1 built once: lengths and small amounts, on every call;
 # larger numbers are encoded 14 bits at a time. The two tables hold ~1.4 MB.
 SMALL = 1 << 14
-
-_WINDOW = {"d": pb.WINDOW_DAY, "m": pb.WINDOW_MONTH}
-_UNIT = {"t": pb.UNIT_TOKENS, "c": pb.UNIT_COST_MICROS}
-_MODE = {"h": pb.MODE_HARD, "s": pb.MODE_SOFT, "w": pb.MODE_SHADOW}
 
 
 def varint(n: int) -> bytes:
@@ -86,8 +81,8 @@ def _rules(org: str, p: list[str]) -> tuple[_Rule, ...]:
         parts = path[len(org):].split("/")  # '', then team and feature if any
         tail = b"".join(_field(tag, name.encode()) for tag, name in
                         zip((b"\x12", b"\x1a"), parts[1:], strict=False) if name)
-        fixed = (b"\x10" + varint(_WINDOW[win]) + b"\x18" + varint(_UNIT[unit])
-                 + b"\x20" + varint(_MODE[mode]) + _number(b"\x28", limit))
+        fixed = (b"\x10" + varint(WINDOW_TO_PB[win]) + b"\x18" + varint(UNIT_TO_PB[unit])
+                 + b"\x20" + varint(MODE_TO_PB[mode]) + _number(b"\x28", limit))
         out.append((limit, unit == "t", mode == "h", tail, fixed))
     return tuple(out)
 
